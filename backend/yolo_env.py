@@ -1,0 +1,16 @@
+"""Keep Ultralytics offline and out of the user's home before it is first imported."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def ensure_yolo_env(cache_dir: Path | None = None) -> None:
+    base = Path(cache_dir or os.environ.get("LABELLOOP_CACHE", Path.home() / ".cache" / "labelloop"))
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+    for var, sub in (("YOLO_CONFIG_DIR", "ultralytics"), ("MPLCONFIGDIR", "matplotlib")):
+        if var not in os.environ:
+            (base / sub).mkdir(parents=True, exist_ok=True)
+            os.environ[var] = str(base / sub)
