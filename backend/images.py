@@ -294,4 +294,6 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise FetchError(f"not a readable image: {e}") from e
+    except ImportError as e:  # Ultralytics' Image.open patch tries an optional HEIF plugin on unknown data
+        raise FetchError(f"not a readable image (unknown format; {e})") from e
 

@@ -135,6 +135,8 @@ class Predictor:
         self.task: str = task
         self.names: dict[int, str] = {int(k): str(v) for k, v in names.items()}
         self.kpt_names = self._keypoint_names(torch_model)
+        train_args = (getattr(torch_model, "ckpt", None) or {}).get("train_args") or {}
+        self.imgsz: int = settings.imgsz or int(train_args.get("imgsz") or 640)
         self.runtime = self._pick_runtime(settings.runtime)
         self.model = torch_model if self.runtime == "torch" else YOLO(str(self._onnx_path(torch_model)), task=task)
         from ultralytics.models import yolo
@@ -175,7 +177,7 @@ class Predictor:
         from labelloop.backend.demo_model import _file_lock
 
         sha = weights_sha256(self.weights)
-        out_dir = self.settings.cache_dir / "onnx" / f"{sha[:16]}-{self.settings.imgsz}"
+        out_dir = self.settings.cache_dir / "onnx" / f"{sha[:16]}-{self.imgsz}"
         target = out_dir / "model.onnx"
         if target.exists():
             return target
@@ -189,7 +191,7 @@ class Predictor:
 
             try:
                 exported = YOLO(str(work / "model.pt")).export(
-                    format="onnx", imgsz=self.settings.imgsz, dynamic=True, simplify=True, device="cpu")
+                    format="onnx", imgsz=self.imgsz, dynamic=True, simplify=True, device="cpu")
             except Exception as e:
                 raise ModelError(f"exporting {self.weights} to ONNX failed ({e}); set LABELLOOP_RUNTIME=torch") from e
             Path(exported).replace(target)
@@ -240,7 +242,7 @@ class Predictor:
             return
         s = self.settings
         bgr = [np.ascontiguousarray(f.image[..., ::-1]) for f in chunk]  # type: ignore[index]
-        kwargs: dict[str, Any] = dict(imgsz=s.imgsz, conf=s.conf, iou=s.iou, max_det=s.max_det, device=self.device,
+        kwargs: dict[str, Any] = dict(imgsz=self.imgsz, conf=s.conf, iou=s.iou, max_det=s.max_det, device=self.device,
                                       verbose=False, batch=self.batch)
         with self._lock:
             try:

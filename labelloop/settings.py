@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     model: Path | None = Field(None, description="YOLO weights (.pt/.onnx); default: the cached demo model")
     runtime: Literal["auto", "torch", "onnx"] = "auto"
     device: str = Field("auto", description="'auto' (GPU when present), 'cpu', '0', 'cuda:1', ...")
-    imgsz: int = Field(640, ge=32, le=4096)
+    imgsz: int | None = Field(None, ge=32, le=4096, description="default: the size the model was trained at")
     conf: float = Field(0.25, ge=0.0, le=1.0)
     iou: float = Field(0.7, ge=0.0, le=1.0)
     max_det: int = Field(300, ge=1)

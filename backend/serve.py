@@ -1,0 +1,78 @@
+"""Run the ML backend under gunicorn, and the rq worker that finishes big /predict batches.
+
+gthread workers keep /health and /setup answering (Label Studio gives them 1 s and 3 s) while
+another thread of the same worker is busy in a long /predict. The model is loaded when a worker
+starts, never inside a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from labelloop.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def prepare_metrics_dir() -> None:
+    """Prometheus multiprocess mode: every gunicorn worker writes here, /metrics sums them."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="labelloop-metrics-")
+
+
+def run_gunicorn(settings: Settings, weights: Path) -> None:
+    prepare_metrics_dir()
+    from gunicorn.app.base import BaseApplication
+
+    from labelloop.backend.app import create_app
+
+    class _App(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            cfg = {
+                "bind": f"{settings.host}:{settings.port}",
+                "workers": settings.http_workers,
+                "worker_class": "gthread",
+                "threads": 4,
+                "timeout": int(settings.predict_budget_s + 120),
+                "graceful_timeout": 30,
+                "accesslog": "-",
+                "post_worker_init": _warm,
+                "child_exit": _child_exit,
+            }
+            for k, v in cfg.items():
+                self.cfg.set(k, v)
+
+        def load(self) -> Any:
+            return create_app(settings, weights)
+
+    _App().run()
+
+
+def _warm(worker: Any) -> None:
+    """Load the model as the worker starts so the first /predict isn't slow."""
+    try:
+        worker.wsgi.extensions["labelloop"].predictor  # noqa: B018 - property loads the model
+    except Exception:  # a bad model must still leave /health up to report it
+        log.exception("loading the model failed")
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def run_worker(settings: Settings, burst: bool = False) -> None:
+    """An rq worker for background prediction; it keeps the model loaded between jobs."""
+    from redis import Redis
+    from rq import Queue, SimpleWorker
+
+    from labelloop.backend.jobs import queue_name
+
+    conn = Redis.from_url(settings.redis_url)
+    worker = SimpleWorker([Queue(queue_name(settings), connection=conn)], connection=conn)
+    worker.work(burst=burst, with_scheduler=True)
