@@ -1,0 +1,63 @@
+"""Shared fixtures: offline Ultralytics, the demo model, a real Label Studio, real gunicorn backends.
+
+Nothing here is mocked: Label Studio runs from its own venv, the backend runs under gunicorn in a
+subprocess, background jobs go through the real Redis on 127.0.0.1:6379.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_TMP = Path(tempfile.mkdtemp(prefix="labelloop-tests-"))
+os.environ.setdefault("YOLO_CONFIG_DIR", str(_TMP / "ultralytics"))
+os.environ.setdefault("MPLCONFIGDIR", str(_TMP / "mpl"))
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+from tests.helpers import BackendProcess, redis_or_fail  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    from labelloop.settings import default_cache_dir
+
+    return default_cache_dir()
+
+
+@pytest.fixture(scope="session")
+def demo_weights(cache_dir: Path) -> Path:
+    from labelloop.backend.demo_model import build_demo_model
+
+    return build_demo_model(cache_dir)
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from labelloop.connectors.labelstudio_server import LabelStudioServer
+
+    server = LabelStudioServer(tmp_path_factory.mktemp("label-studio"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return redis_or_fail()
+
+
+@pytest.fixture
+def backend_factory(tmp_path: Path, demo_weights: Path, redis_url: str):  # type: ignore[no-untyped-def]
+    started: list[BackendProcess] = []
+
+    def start(**env: str) -> BackendProcess:
+        b = BackendProcess(tmp_path / f"backend-{len(started)}", demo_weights, redis_url, env)
+        started.append(b)
+        return b.start()
+
+    yield start
+    for b in started:
+        b.stop()
