@@ -28,6 +28,7 @@ import numpy as np
 import requests
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from labelloop.connectors.labelstudio import auth_header
 from labelloop.errors import FetchError
 from labelloop.settings import Settings
 
@@ -43,11 +44,7 @@ class LabelStudioAccess:
     token: str | None = None
 
     def auth_header(self) -> dict[str, str]:
-        if not self.token:
-            return {}
-        # Personal access tokens are JWTs (Bearer); legacy tokens use the "Token" scheme.
-        scheme = "Bearer" if self.token.count(".") == 2 else "Token"
-        return {"Authorization": f"{scheme} {self.token}"}
+        return auth_header(self.token)
 
 
 @dataclass
