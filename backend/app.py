@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
+from labelloop.backend import jobs
+from labelloop.backend.images import LabelStudioAccess
+from labelloop.backend.service import PredictionService
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -29,19 +32,22 @@ from prometheus_client import (
     multiprocess,
 )
 
-from labelloop.backend import jobs
-from labelloop.backend.images import LabelStudioAccess
-from labelloop.backend.service import PredictionService
 from labelloop.errors import ConfigError, LabelloopError
 from labelloop.settings import Settings
 
 log = logging.getLogger(__name__)
 
 REQUESTS = Counter("labelloop_requests_total", "HTTP requests", ["endpoint", "status"])
-LATENCY = Histogram("labelloop_request_seconds", "HTTP request latency", ["endpoint"],
-                    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 100))
+LATENCY = Histogram(
+    "labelloop_request_seconds",
+    "HTTP request latency",
+    ["endpoint"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 100),
+)
 IMAGES = Counter("labelloop_images_total", "Images predicted (rate() gives images/s)")
-IMAGES_PER_S = Gauge("labelloop_images_per_second", "Throughput of the last /predict", multiprocess_mode="max")
+IMAGES_PER_S = Gauge(
+    "labelloop_images_per_second", "Throughput of the last /predict", multiprocess_mode="max"
+)
 ERRORS = Counter("labelloop_errors_total", "Errors by kind", ["kind"])
 UNMAPPED = Counter("labelloop_unmapped_regions_total", "Regions dropped: class without a label in the config")
 BACKGROUND = Counter("labelloop_background_tasks_total", "Tasks handed to background prediction")
@@ -71,7 +77,7 @@ class _ProjectAccess:
         self._mem[project] = value
         try:
             _redis(self.settings).set(self._key(project), json.dumps(value), ex=7 * 24 * 3600)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             log.debug("cannot store Label Studio access in Redis: %s", e)
 
     def get(self, project: str) -> LabelStudioAccess | None:
@@ -83,7 +89,7 @@ class _ProjectAccess:
             try:
                 raw = _redis(s).get(self._key(project))
                 value = json.loads(raw) if raw else None
-            except Exception:  # noqa: BLE001
+            except Exception:
                 value = None
         return LabelStudioAccess(**value) if value else None
 
@@ -107,8 +113,11 @@ def create_app(settings: Settings, weights: Path, service: PredictionService | N
                 return True
         if settings.basic_auth_user:
             a = request.authorization
-            if a and hmac.compare_digest(a.username or "", settings.basic_auth_user) and \
-                    hmac.compare_digest(a.password or "", settings.basic_auth_pass or ""):
+            if (
+                a
+                and hmac.compare_digest(a.username or "", settings.basic_auth_user)
+                and hmac.compare_digest(a.password or "", settings.basic_auth_pass or "")
+            ):
                 return True
         return not (settings.bearer_token or settings.basic_auth_user)
 
@@ -120,8 +129,10 @@ def create_app(settings: Settings, weights: Path, service: PredictionService | N
                 try:
                     if name not in ("health",) and not authorized():
                         ERRORS.labels("auth").inc()
-                        resp = jsonify(error="authentication required: configure the ML backend's basic auth "
-                                             "or bearer token in Label Studio to match this server")
+                        resp = jsonify(
+                            error="authentication required: configure the ML backend's basic auth "
+                            "or bearer token in Label Studio to match this server"
+                        )
                         resp.status_code = 401
                         resp.headers["WWW-Authenticate"] = 'Basic realm="labelloop"'
                     else:
@@ -154,8 +165,12 @@ def create_app(settings: Settings, weights: Path, service: PredictionService | N
     @app.get("/")
     @endpoint("health")
     def health() -> Response:
-        return jsonify(status="UP", model_class="labelloop.YOLO", model_version=service.model_version,
-                       model_loaded=service.loaded)
+        return jsonify(
+            status="UP",
+            model_class="labelloop.YOLO",
+            model_version=service.model_version,
+            model_loaded=service.loaded,
+        )
 
     @app.post("/setup")
     @endpoint("setup")
@@ -192,18 +207,33 @@ def create_app(settings: Settings, weights: Path, service: PredictionService | N
         results: list[Any] = [r if r is not None else [] for r in report.results]  # [] = "no prediction yet"
         if rest:
             if ls is None or not project:
-                log.error("%d task(s) not predicted within %.0fs and no Label Studio URL to write them later; "
-                          "set LABELLOOP_LABEL_STUDIO_URL/TOKEN", len(rest), settings.predict_budget_s)
+                log.error(
+                    "%d task(s) not predicted within %.0fs and no Label Studio URL to write them later; "
+                    "set LABELLOOP_LABEL_STUDIO_URL/TOKEN",
+                    len(rest),
+                    settings.predict_budget_s,
+                )
             else:
-                job = jobs.enqueue(settings, {
-                    "tasks": [{"id": tasks[i].get("id"), "data": tasks[i].get("data")} for i in rest],
-                    "project": int(project), "label_config": label_config, "weights": str(service.weights),
-                    "settings": settings.model_dump(mode="json"),
-                    "label_studio": {"url": ls.url, "token": ls.token},
-                })
+                job = jobs.enqueue(
+                    settings,
+                    {
+                        "tasks": [{"id": tasks[i].get("id"), "data": tasks[i].get("data")} for i in rest],
+                        "project": int(project),
+                        "label_config": label_config,
+                        "weights": str(service.weights),
+                        "settings": settings.model_dump(mode="json"),
+                        "label_studio": {"url": ls.url, "token": ls.token},
+                    },
+                )
                 BACKGROUND.inc(len(rest))
-                log.info("predicted %d of %d task(s) in %.1fs; %d more go to background job %s",
-                         done, len(tasks), report.elapsed, len(rest), job)
+                log.info(
+                    "predicted %d of %d task(s) in %.1fs; %d more go to background job %s",
+                    done,
+                    len(tasks),
+                    report.elapsed,
+                    len(rest),
+                    job,
+                )
         return jsonify(results=results, model_version=service.model_version)
 
     @app.post("/webhook")
@@ -212,14 +242,19 @@ def create_app(settings: Settings, weights: Path, service: PredictionService | N
         data = body()
         action = str(data.get("action", "unknown"))
         WEBHOOKS.labels(action).inc()
-        event = {"action": action, "project": (data.get("project") or {}).get("id")
-                 if isinstance(data.get("project"), dict) else data.get("project"), "received": time.time()}
+        event = {
+            "action": action,
+            "project": (data.get("project") or {}).get("id")
+            if isinstance(data.get("project"), dict)
+            else data.get("project"),
+            "received": time.time(),
+        }
         try:
             r = _redis(settings)
             key = f"{settings.queue_prefix}:events"
             r.lpush(key, json.dumps(event))
             r.ltrim(key, 0, 9999)
-        except Exception as e:  # noqa: BLE001 - the poller still finds changes by updated_at
+        except Exception as e:
             log.warning("webhook %s not recorded (Redis: %s); the sync poll will still see it", action, e)
         return jsonify(status="ok", action=action)
 

@@ -39,7 +39,12 @@ def render_shapes(rng: np.random.Generator, size: int = 320, max_shapes: int = 4
             t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
             poly = [(float(cx + s / 2 * np.cos(a)), float(cy + s / 2 * np.sin(a))) for a in t]
         elif cls == 1:
-            poly = [(cx - s / 2, cy - s / 2), (cx + s / 2, cy - s / 2), (cx + s / 2, cy + s / 2), (cx - s / 2, cy + s / 2)]
+            poly = [
+                (cx - s / 2, cy - s / 2),
+                (cx + s / 2, cy - s / 2),
+                (cx + s / 2, cy + s / 2),
+                (cx - s / 2, cy + s / 2),
+            ]
             draw.polygon(poly, fill=color)
         else:
             poly = [(cx, cy - s / 2), (cx + s / 2, cy + s / 2), (cx - s / 2, cy + s / 2)]
@@ -61,8 +66,10 @@ def write_shapes_dataset(root: Path, n_train: int, n_val: int, size: int = 320, 
             for cls, poly in objects:
                 p = np.array(poly)
                 (x1, y1), (x2, y2) = p.min(0), p.max(0)
-                lines.append(f"{cls} {(x1 + x2) / 2 / size:.6f} {(y1 + y2) / 2 / size:.6f} "
-                             f"{(x2 - x1) / size:.6f} {(y2 - y1) / size:.6f}")
+                lines.append(
+                    f"{cls} {(x1 + x2) / 2 / size:.6f} {(y1 + y2) / 2 / size:.6f} "
+                    f"{(x2 - x1) / size:.6f} {(y2 - y1) / size:.6f}"
+                )
             (root / "labels" / split / f"{i:04d}.txt").write_text("\n".join(lines) + "\n")
     names = "\n".join(f"  {i}: {c}" for i, c in enumerate(CLASSES))
     data = root / "data.yaml"
@@ -100,12 +107,27 @@ def build_demo_model(cache_dir: Path, progress: bool = True) -> Path:
         from ultralytics import YOLO
 
         with tempfile.TemporaryDirectory(prefix="labelloop-demo-") as tmp:
-            data = write_shapes_dataset(Path(tmp) / "data", RECIPE["n_train"], RECIPE["n_val"], seed=RECIPE["seed"])
+            data = write_shapes_dataset(
+                Path(tmp) / "data", RECIPE["n_train"], RECIPE["n_val"], seed=RECIPE["seed"]
+            )
             model = YOLO(RECIPE["arch"])
             model.train(
-                data=str(data), epochs=RECIPE["epochs"], imgsz=RECIPE["imgsz"], batch=16, device="cpu",
-                workers=0, plots=False, amp=False, project=str(Path(tmp) / "runs"), name="demo", seed=RECIPE["seed"],
-                optimizer="SGD", lr0=0.01, verbose=progress, val=True, exist_ok=True,
+                data=str(data),
+                epochs=RECIPE["epochs"],
+                imgsz=RECIPE["imgsz"],
+                batch=16,
+                device="cpu",
+                workers=0,
+                plots=False,
+                amp=False,
+                project=str(Path(tmp) / "runs"),
+                name="demo",
+                seed=RECIPE["seed"],
+                optimizer="SGD",
+                lr0=0.01,
+                verbose=progress,
+                val=True,
+                exist_ok=True,
             )
             best = Path(tmp) / "runs" / "demo" / "weights" / "best.pt"
             tmp_target = target.with_suffix(".part")

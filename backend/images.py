@@ -26,9 +26,9 @@ from urllib.parse import urljoin, urlparse
 
 import numpy as np
 import requests
+from labelloop.connectors.labelstudio import auth_header
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from labelloop.connectors.labelstudio import auth_header
 from labelloop.errors import FetchError
 from labelloop.settings import Settings
 
@@ -106,8 +106,13 @@ class DiskCache:
             self.trim()
 
     def trim(self) -> None:
-        entries = [(e.stat().st_mtime, e.stat().st_size, Path(e.path)) for d in self.root.iterdir() if d.is_dir()
-                   for e in os.scandir(d) if e.is_file() and not e.name.endswith(".tmp")]
+        entries = [
+            (e.stat().st_mtime, e.stat().st_size, Path(e.path))
+            for d in self.root.iterdir()
+            if d.is_dir()
+            for e in os.scandir(d)
+            if e.is_file() and not e.name.endswith(".tmp")
+        ]
         total = sum(s for _, s, _ in entries)
         for _, size, path in sorted(entries):
             if total <= self.max_bytes:
@@ -123,8 +128,14 @@ def _is_private(host: str) -> bool:
         raise FetchError(f"cannot resolve host {host!r}: {e.strerror}") from e
     for info in infos:
         ip = ipaddress.ip_address(info[4][0].split("%")[0])
-        if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast or \
-                ip.is_unspecified:
+        if (
+            ip.is_private
+            or ip.is_loopback
+            or ip.is_link_local
+            or ip.is_reserved
+            or ip.is_multicast
+            or ip.is_unspecified
+        ):
             return True
     return False
 
@@ -136,7 +147,8 @@ class ImageFetcher:
         self.s = settings
         self.label_studio = label_studio or (
             LabelStudioAccess(settings.label_studio_url, settings.label_studio_token)
-            if settings.label_studio_url else None
+            if settings.label_studio_url
+            else None
         )
         self.cache = DiskCache(settings.cache_dir / "images", settings.image_cache_bytes)
         self._local = threading.local()
@@ -156,7 +168,9 @@ class ImageFetcher:
             log.exception("unexpected error fetching %s", uri)
             return Fetched(uri, error=f"unexpected error: {type(e).__name__}: {e}")
 
-    def load_many(self, uris: Iterable[str], label_studio: LabelStudioAccess | None = None) -> Iterator[Fetched]:
+    def load_many(
+        self, uris: Iterable[str], label_studio: LabelStudioAccess | None = None
+    ) -> Iterator[Fetched]:
         """Results in input order, fetched ``fetch_workers`` at a time ahead of the consumer.
 
         Only a bounded window is in flight, so a consumer that stops early (a time budget)
@@ -181,11 +195,15 @@ class ImageFetcher:
         if not uri or not isinstance(uri, str):
             raise FetchError(f"task has no image reference (got {uri!r})")
         parsed = urlparse(uri)
-        if uri.startswith("/data/") or (parsed.scheme in ("http", "https") and self._is_label_studio(uri, ls)):
+        if uri.startswith("/data/") or (
+            parsed.scheme in ("http", "https") and self._is_label_studio(uri, ls)
+        ):
             if ls is None:
                 raise FetchError(f"{uri} is a Label Studio file; set LABELLOOP_LABEL_STUDIO_URL (and _TOKEN)")
-            return self._cached(urljoin(ls.url + "/", uri.lstrip("/")) if uri.startswith("/") else uri,
-                                lambda u: self._http(u, ls.auth_header(), trusted=True))
+            return self._cached(
+                urljoin(ls.url + "/", uri.lstrip("/")) if uri.startswith("/") else uri,
+                lambda u: self._http(u, ls.auth_header(), trusted=True),
+            )
         if parsed.scheme in ("http", "https"):
             return self._cached(uri, lambda u: self._http(u, {}, trusted=self.s.allow_private_urls))
         if parsed.scheme in ("", "file"):
@@ -200,7 +218,9 @@ class ImageFetcher:
             return False
         a, b = urlparse(uri), urlparse(ls.url)
         return (a.hostname, a.port or (443 if a.scheme == "https" else 80)) == (
-            b.hostname, b.port or (443 if b.scheme == "https" else 80))
+            b.hostname,
+            b.port or (443 if b.scheme == "https" else 80),
+        )
 
     def _cached(self, key: str, fetch: Callable[[str], bytes]) -> bytes:
         data = self.cache.get(key)
@@ -221,10 +241,12 @@ class ImageFetcher:
             if not trusted and _is_private(host):
                 raise FetchError(
                     f"refused {url}: {host} is a private or loopback address "
-                    "(set LABELLOOP_ALLOW_PRIVATE_URLS=1 to allow it)")
+                    "(set LABELLOOP_ALLOW_PRIVATE_URLS=1 to allow it)"
+                )
             try:
-                r = self._session().get(url, headers=headers, timeout=self.s.fetch_timeout, stream=True,
-                                        allow_redirects=False)
+                r = self._session().get(
+                    url, headers=headers, timeout=self.s.fetch_timeout, stream=True, allow_redirects=False
+                )
             except requests.RequestException as e:
                 raise FetchError(f"cannot download {url}: {type(e).__name__}: {e}") from e
             if r.is_redirect:
@@ -233,8 +255,10 @@ class ImageFetcher:
                 trusted = trusted and self.s.allow_private_urls
                 continue
             if r.status_code in (401, 403):
-                raise FetchError(f"{url} answered {r.status_code}: the image needs credentials; "
-                                 "set LABELLOOP_LABEL_STUDIO_TOKEN to a token that can read the project")
+                raise FetchError(
+                    f"{url} answered {r.status_code}: the image needs credentials; "
+                    "set LABELLOOP_LABEL_STUDIO_TOKEN to a token that can read the project"
+                )
             if r.status_code != 200:
                 raise FetchError(f"{url} answered HTTP {r.status_code}")
             return self._bounded(r.iter_content(1 << 16), url)
@@ -253,8 +277,10 @@ class ImageFetcher:
         real = path.resolve()
         roots = [r.resolve() for r in self.s.local_roots]
         if not any(real.is_relative_to(r) for r in roots):
-            raise FetchError(f"refused local path {path}: not under LABELLOOP_LOCAL_ROOTS "
-                             f"({', '.join(map(str, roots)) or 'none configured'})")
+            raise FetchError(
+                f"refused local path {path}: not under LABELLOOP_LOCAL_ROOTS "
+                f"({', '.join(map(str, roots)) or 'none configured'})"
+            )
         try:
             with open(real, "rb") as fh:
                 return self._bounded(iter(lambda: fh.read(1 << 16), b""), str(path))
@@ -269,8 +295,10 @@ class ImageFetcher:
                 return self._bounded(iter(lambda: fh.read(1 << 16), b""), url)
         except ImportError as e:
             scheme = urlparse(url).scheme
-            raise FetchError(f"cannot read {url}: the {scheme}:// filesystem is not installed ({e}); "
-                             f"install e.g. {'s3fs' if scheme == 's3' else 'gcsfs' if scheme == 'gs' else scheme}") from e
+            raise FetchError(
+                f"cannot read {url}: the {scheme}:// filesystem is not installed ({e}); "
+                f"install e.g. {'s3fs' if scheme == 's3' else 'gcsfs' if scheme == 'gs' else scheme}"
+            ) from e
         except (OSError, ValueError) as e:
             raise FetchError(f"cannot read {url}: {e}") from e
 
@@ -283,8 +311,10 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
             img = Image.open(io.BytesIO(data))
             w, h = img.size
             if w * h > max_pixels:
-                raise FetchError(f"image is {w}x{h} = {w * h} pixels, over LABELLOOP_MAX_IMAGE_PIXELS={max_pixels} "
-                                 "(refused as a possible decompression bomb)")
+                raise FetchError(
+                    f"image is {w}x{h} = {w * h} pixels, over LABELLOOP_MAX_IMAGE_PIXELS={max_pixels} "
+                    "(refused as a possible decompression bomb)"
+                )
             img = ImageOps.exif_transpose(img)
             return np.asarray(img.convert("RGB"))
     except FetchError:
@@ -293,4 +323,3 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         raise FetchError(f"not a readable image: {e}") from e
     except ImportError as e:  # Ultralytics' Image.open patch tries an optional HEIF plugin on unknown data
         raise FetchError(f"not a readable image (unknown format; {e})") from e
-

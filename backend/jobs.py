@@ -19,6 +19,7 @@ from typing import Any
 
 from labelloop.backend.images import LabelStudioAccess
 from labelloop.backend.service import PredictionService
+
 from labelloop.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,13 @@ def predict_and_write(payload: dict[str, Any]) -> dict[str, int]:
         if job:
             job.meta.update(done=lo + len(chunk), total=len(tasks), written=written, failed=failed)
             job.save_meta()
-    log.info("background prediction for project %s: %d tasks, %d written, %d without image",
-             payload["project"], len(tasks), written, failed)
+    log.info(
+        "background prediction for project %s: %d tasks, %d written, %d without image",
+        payload["project"],
+        len(tasks),
+        written,
+        failed,
+    )
     return {"tasks": len(tasks), "written": written, "failed": failed}
 
 
@@ -87,14 +93,22 @@ def enqueue(settings: Settings, payload: dict[str, Any]) -> str:
         conn = Redis.from_url(settings.redis_url, socket_connect_timeout=2)
         conn.ping()
         job = Queue(queue_name(settings), connection=conn).enqueue(
-            predict_and_write, payload, job_timeout=24 * 3600, retry=Retry(max=3, interval=[10, 60, 300]),
-            result_ttl=7 * 24 * 3600, failure_ttl=30 * 24 * 3600,
-            description=f"predict {len(payload['tasks'])} tasks of project {payload['project']}")
+            predict_and_write,
+            payload,
+            job_timeout=24 * 3600,
+            retry=Retry(max=3, interval=[10, 60, 300]),
+            result_ttl=7 * 24 * 3600,
+            failure_ttl=30 * 24 * 3600,
+            description=f"predict {len(payload['tasks'])} tasks of project {payload['project']}",
+        )
         return job.id
-    except Exception as e:  # noqa: BLE001 - any Redis trouble means: do it here rather than lose it
-        log.error("cannot queue background prediction on %s (%s); running it in this process instead, "
-                  "which a restart would interrupt: start Redis and `labelloop worker` for durable jobs",
-                  settings.redis_url, e)
+    except Exception as e:
+        log.error(
+            "cannot queue background prediction on %s (%s); running it in this process instead, "
+            "which a restart would interrupt: start Redis and `labelloop worker` for durable jobs",
+            settings.redis_url,
+            e,
+        )
         t = threading.Thread(target=_run_logged, args=(payload,), daemon=True, name="background-predict")
         t.start()
         return f"thread-{t.ident}"

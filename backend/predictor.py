@@ -23,13 +23,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from labelloop.backend import uncertainty as unc
 from labelloop.backend.images import Fetched
 from labelloop.backend.yolo_env import ensure_yolo_env
+
 from labelloop.errors import ModelError
 from labelloop.settings import Settings
-from labelloop.types import Box, ImageItem, Keypoint, Keypoints, Polygon, Provenance, Region, RotatedBox, Source
+from labelloop.types import (
+    Box,
+    ImageItem,
+    Keypoint,
+    Keypoints,
+    Polygon,
+    Provenance,
+    Region,
+    RotatedBox,
+    Source,
+)
 
 log = logging.getLogger(__name__)
 TASKS = ("detect", "segment", "pose", "obb", "classify")
@@ -94,7 +104,9 @@ def _probs_predictor(base: type) -> type:
 
         def get_obj_feats(self, raw, idxs):  # type: ignore[no-untyped-def]
             nc = len(self.model.names)
-            return [raw[i, 4 : 4 + nc, idx.view(-1).long()].T.float().cpu().numpy() for i, idx in enumerate(idxs)]
+            return [
+                raw[i, 4 : 4 + nc, idx.view(-1).long()].T.float().cpu().numpy() for i, idx in enumerate(idxs)
+            ]
 
     return ProbsPredictor
 
@@ -129,7 +141,9 @@ class Predictor:
             task = torch_model.task
             names = dict(torch_model.names)
         except Exception as e:
-            raise ModelError(f"{self.weights} is not a loadable Ultralytics YOLO model: {type(e).__name__}: {e}") from e
+            raise ModelError(
+                f"{self.weights} is not a loadable Ultralytics YOLO model: {type(e).__name__}: {e}"
+            ) from e
         if task not in TASKS:
             raise ModelError(f"{self.weights}: unsupported task {task!r}; supported: {', '.join(TASKS)}")
         self.task: str = task
@@ -138,11 +152,17 @@ class Predictor:
         train_args = (getattr(torch_model, "ckpt", None) or {}).get("train_args") or {}
         self.imgsz: int = settings.imgsz or int(train_args.get("imgsz") or 640)
         self.runtime = self._pick_runtime(settings.runtime)
-        self.model = torch_model if self.runtime == "torch" else YOLO(str(self._onnx_path(torch_model)), task=task)
+        self.model = (
+            torch_model if self.runtime == "torch" else YOLO(str(self._onnx_path(torch_model)), task=task)
+        )
         from ultralytics.models import yolo
 
-        base = {"detect": yolo.detect.DetectionPredictor, "segment": yolo.segment.SegmentationPredictor,
-                "pose": yolo.pose.PosePredictor, "obb": yolo.obb.OBBPredictor}.get(task)
+        base = {
+            "detect": yolo.detect.DetectionPredictor,
+            "segment": yolo.segment.SegmentationPredictor,
+            "pose": yolo.pose.PosePredictor,
+            "obb": yolo.obb.OBBPredictor,
+        }.get(task)
         self._predictor_cls = _probs_predictor(base) if base else None
 
     @classmethod
@@ -191,9 +211,12 @@ class Predictor:
 
             try:
                 exported = YOLO(str(work / "model.pt")).export(
-                    format="onnx", imgsz=self.imgsz, dynamic=True, simplify=True, device="cpu")
+                    format="onnx", imgsz=self.imgsz, dynamic=True, simplify=True, device="cpu"
+                )
             except Exception as e:
-                raise ModelError(f"exporting {self.weights} to ONNX failed ({e}); set LABELLOOP_RUNTIME=torch") from e
+                raise ModelError(
+                    f"exporting {self.weights} to ONNX failed ({e}); set LABELLOOP_RUNTIME=torch"
+                ) from e
             Path(exported).replace(target)
             shutil.rmtree(work, ignore_errors=True)
         return target
@@ -242,8 +265,15 @@ class Predictor:
             return
         s = self.settings
         bgr = [np.ascontiguousarray(f.image[..., ::-1]) for f in chunk]  # type: ignore[index]
-        kwargs: dict[str, Any] = dict(imgsz=self.imgsz, conf=s.conf, iou=s.iou, max_det=s.max_det, device=self.device,
-                                      verbose=False, batch=self.batch)
+        kwargs: dict[str, Any] = dict(
+            imgsz=self.imgsz,
+            conf=s.conf,
+            iou=s.iou,
+            max_det=s.max_det,
+            device=self.device,
+            verbose=False,
+            batch=self.batch,
+        )
         with self._lock:
             try:
                 if self._predictor_cls is not None:
@@ -253,7 +283,9 @@ class Predictor:
             except Exception as e:
                 log.exception("model forward failed on %d image(s)", len(chunk))
                 for f in chunk:
-                    yield Outcome(Fetched(f.uri, error=f"model failed on this image: {type(e).__name__}: {e}"))
+                    yield Outcome(
+                        Fetched(f.uri, error=f"model failed on this image: {type(e).__name__}: {e}")
+                    )
                 return
         for f, r in zip(chunk, results, strict=True):
             yield Outcome(f, self._to_item(f, r))
@@ -263,21 +295,37 @@ class Predictor:
         prov = Provenance(source=Source.PRELABEL, model_version=self.model_version)
         regions = list(self._regions(r, prov))
         uncert = [rg.attributes["uncertainty"] for rg in regions]
-        score = unc.image_score([rg.score for rg in regions if rg.score is not None],
-                                getattr(r, "max_candidate", None))
+        score = unc.image_score(
+            [rg.score for rg in regions if rg.score is not None], getattr(r, "max_candidate", None)
+        )
         if self.task == "classify":
             score = regions[0].score if regions else 0.0
-        return ImageItem(uri=f.uri, width=w, height=h, regions=regions, sha256=f.sha256, score=score,
-                         metadata={"uncertainty": unc.image_uncertainty(uncert, score),
-                                   "model_version": self.model_version})
+        return ImageItem(
+            uri=f.uri,
+            width=w,
+            height=h,
+            regions=regions,
+            sha256=f.sha256,
+            score=score,
+            metadata={
+                "uncertainty": unc.image_uncertainty(uncert, score),
+                "model_version": self.model_version,
+            },
+        )
 
     def _regions(self, r: Any, prov: Provenance) -> Iterator[Region]:
         names = self.names
         if self.task == "classify":
             p = r.probs.data.float().cpu().numpy()
             top = int(p.argmax())
-            yield Region(names[top], None, score=float(p[top]), probs=self._probs(p), provenance=prov,
-                         attributes={"uncertainty": unc.region_uncertainty(p)})
+            yield Region(
+                names[top],
+                None,
+                score=float(p[top]),
+                probs=self._probs(p),
+                provenance=prov,
+                attributes={"uncertainty": unc.region_uncertainty(p)},
+            )
             return
         boxes = r.obb if self.task == "obb" else r.boxes
         if boxes is None or len(boxes) == 0:
@@ -287,24 +335,40 @@ class Predictor:
         feats = getattr(r, "feats", None)
         vectors = np.asarray(feats) if feats is not None and len(feats) == len(cls) else None
         if self.task == "obb":
-            geoms: list = [RotatedBox(float(x), float(y), float(bw), float(bh), float(np.degrees(a)) % 360.0)
-                           for x, y, bw, bh, a in boxes.xywhr.float().cpu().numpy()]
+            geoms: list = [
+                RotatedBox(float(x), float(y), float(bw), float(bh), float(np.degrees(a)) % 360.0)
+                for x, y, bw, bh, a in boxes.xywhr.float().cpu().numpy()
+            ]
         else:
             geoms = [Box(*map(float, b)) for b in boxes.xyxy.float().cpu().numpy()]
         if self.task == "segment" and r.masks is not None:
-            geoms = [Polygon(tuple((float(x), float(y)) for x, y in poly)) if len(poly) >= 3 else _box_poly(g)
-                     for poly, g in zip(r.masks.xy, geoms, strict=True)]
+            geoms = [
+                Polygon(tuple((float(x), float(y)) for x, y in poly)) if len(poly) >= 3 else _box_poly(g)
+                for poly, g in zip(r.masks.xy, geoms, strict=True)
+            ]
         if self.task == "pose" and r.keypoints is not None:
             kd = r.keypoints.data.float().cpu().numpy()  # (n, k, 2|3)
             kn = self.kpt_names or [f"kp{k}" for k in range(kd.shape[1])]
-            geoms = [Keypoints(tuple(Keypoint(float(p[0]), float(p[1]), bool(p[2] >= 0.5) if len(p) > 2 else True,
-                                              kn[k]) for k, p in enumerate(inst)), box=g)
-                     for inst, g in zip(kd, geoms, strict=True)]
+            geoms = [
+                Keypoints(
+                    tuple(
+                        Keypoint(float(p[0]), float(p[1]), bool(p[2] >= 0.5) if len(p) > 2 else True, kn[k])
+                        for k, p in enumerate(inst)
+                    ),
+                    box=g,
+                )
+                for inst, g in zip(kd, geoms, strict=True)
+            ]
         for i, g in enumerate(geoms):
             vec = vectors[i] if vectors is not None else np.array([conf[i]])
-            yield Region(names[int(cls[i])], g, score=float(conf[i]),
-                         probs=self._probs(vec) if vectors is not None else None, provenance=prov,
-                         attributes={"uncertainty": unc.region_uncertainty(vec)})
+            yield Region(
+                names[int(cls[i])],
+                g,
+                score=float(conf[i]),
+                probs=self._probs(vec) if vectors is not None else None,
+                provenance=prov,
+                attributes={"uncertainty": unc.region_uncertainty(vec)},
+            )
 
     def _probs(self, vec: np.ndarray) -> dict[str, float]:
         return {self.names[k]: round(float(v), 6) for k, v in enumerate(vec)}

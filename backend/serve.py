@@ -9,10 +9,19 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
+import sys
 import tempfile
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+import requests
+from labelloop.connectors.labelstudio_server import free_port
+
+from labelloop.errors import RemoteError
 from labelloop.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,7 +36,6 @@ def prepare_metrics_dir() -> None:
 def run_gunicorn(settings: Settings, weights: Path) -> None:
     prepare_metrics_dir()
     from gunicorn.app.base import BaseApplication
-
     from labelloop.backend.app import create_app
 
     class _App(BaseApplication):  # type: ignore[misc]
@@ -68,11 +76,75 @@ def _child_exit(server: Any, worker: Any) -> None:
 
 def run_worker(settings: Settings, burst: bool = False) -> None:
     """An rq worker for background prediction; it keeps the model loaded between jobs."""
+    from labelloop.backend.jobs import queue_name
     from redis import Redis
     from rq import Queue, SimpleWorker
-
-    from labelloop.backend.jobs import queue_name
 
     conn = Redis.from_url(settings.redis_url)
     worker = SimpleWorker([Queue(queue_name(settings), connection=conn)], connection=conn)
     worker.work(burst=burst, with_scheduler=True)
+
+
+class BackendProcess:
+    """``labelloop serve`` (gunicorn + rq worker) in a subprocess on a free port (demo, tests, bench)."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        weights: Path,
+        redis_url: str,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.prefix = f"ll-{uuid.uuid4().hex[:8]}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.env = {
+            **os.environ,
+            "LABELLOOP_MODEL": str(weights),
+            "LABELLOOP_REDIS_URL": redis_url,
+            "LABELLOOP_QUEUE_PREFIX": self.prefix,
+            "LABELLOOP_HOST": "127.0.0.1",
+            "LABELLOOP_PORT": str(self.port),
+            **(env or {}),
+        }
+        self.log_path = workdir / "backend.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120) -> BackendProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "labelloop.cli", "serve"],
+            env=self.env,
+            stdout=open(self.log_path, "wb"),  # noqa: SIM115 - the child owns it
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RemoteError(f"the ML backend exited:\n{self.log()}")
+            try:
+                h = requests.get(f"{self.url}/health", timeout=1).json()
+                if h.get("model_loaded"):
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RemoteError(f"the ML backend was not ready in {timeout:.0f}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)

@@ -19,6 +19,7 @@ from labelloop.connectors.formats.labelstudio import (
     parse_label_config,
     select_controls,
 )
+
 from labelloop.errors import ConfigError
 from labelloop.settings import Settings
 
@@ -77,8 +78,13 @@ class PredictionService:
                 if self._predictor is None:
                     t = time.monotonic()
                     self._predictor = Predictor(self.weights, self.settings)
-                    log.info("loaded %s (%s, %s runtime) in %.1fs", self.weights, self._predictor.task,
-                             self._predictor.runtime, time.monotonic() - t)
+                    log.info(
+                        "loaded %s (%s, %s runtime) in %.1fs",
+                        self.weights,
+                        self._predictor.task,
+                        self._predictor.runtime,
+                        time.monotonic() - t,
+                    )
         return self._predictor
 
     @property
@@ -87,7 +93,9 @@ class PredictionService:
 
     def plan(self, label_config: str) -> ControlPlan:
         if not label_config:
-            raise ConfigError("the request has no label_config; Label Studio sends the project's config with it")
+            raise ConfigError(
+                "the request has no label_config; Label Studio sends the project's config with it"
+            )
         return select_controls(parse_label_config(label_config), self.predictor.task)
 
     def predict_tasks(
@@ -118,7 +126,9 @@ class PredictionService:
                     log.warning("task %s: no prediction: %s", tasks[i].get("id"), outcome.error)
                     report.results[i] = {"result": [], "score": 0.0, "model_version": version}
                 else:
-                    pred, dropped = item_to_ls_prediction(outcome.item, plan, version, self.settings.label_map)
+                    pred, dropped = item_to_ls_prediction(
+                        outcome.item, plan, version, self.settings.label_map
+                    )
                     pred["uncertainty"] = outcome.item.metadata.get("uncertainty")
                     report.unmapped += dropped
                     report.predicted += 1
@@ -130,8 +140,11 @@ class PredictionService:
             fetched.close()  # cancels the fetch window: nothing keeps downloading for tasks handed off
         report.elapsed = time.monotonic() - t0
         if report.unmapped:
-            log.info("dropped %d region(s) whose class has no label in the project's config "
-                     "(map them with LABELLOOP_LABEL_MAP or predicted_values)", report.unmapped)
+            log.info(
+                "dropped %d region(s) whose class has no label in the project's config "
+                "(map them with LABELLOOP_LABEL_MAP or predicted_values)",
+                report.unmapped,
+            )
         return report
 
 

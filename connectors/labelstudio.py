@@ -45,15 +45,21 @@ class LabelStudioClient:
                 r = self.session.request(method, url, timeout=self.timeout, **kw)
             except requests.RequestException as e:
                 if attempt == retries:
-                    raise RemoteError(f"Label Studio at {self.url} is unreachable ({type(e).__name__}); "
-                                      "check LABELLOOP_LABEL_STUDIO_URL and that the server is up") from e
+                    raise RemoteError(
+                        f"Label Studio at {self.url} is unreachable ({type(e).__name__}); "
+                        "check LABELLOOP_LABEL_STUDIO_URL and that the server is up"
+                    ) from e
             else:
                 if r.status_code in (401, 403):
-                    raise RemoteError(f"Label Studio refused {method} {path} ({r.status_code}): "
-                                      "set LABELLOOP_LABEL_STUDIO_TOKEN to a valid token with access to the project")
+                    raise RemoteError(
+                        f"Label Studio refused {method} {path} ({r.status_code}): "
+                        "set LABELLOOP_LABEL_STUDIO_TOKEN to a valid token with access to the project"
+                    )
                 if r.status_code not in RETRY_STATUS or attempt == retries:
                     if not r.ok:
-                        raise RemoteError(f"Label Studio answered {r.status_code} to {method} {path}: {r.text[:300]}")
+                        raise RemoteError(
+                            f"Label Studio answered {r.status_code} to {method} {path}: {r.text[:300]}"
+                        )
                     return r.json() if r.content else None
             time.sleep(min(2**attempt * 0.5, 10))
         raise AssertionError("unreachable")
@@ -61,9 +67,17 @@ class LabelStudioClient:
     def versions_present(self, project: int, task_ids: Sequence[int]) -> dict[int, set[str]]:
         """Model versions of the predictions each task already has."""
         query = json.dumps({"selectedItems": {"all": False, "included": list(task_ids)}})
-        data = self.request("GET", "/api/tasks", params={
-            "project": project, "query": query, "page_size": len(task_ids) or 1, "fields": "all",
-            "include": "id,predictions_model_versions"})
+        data = self.request(
+            "GET",
+            "/api/tasks",
+            params={
+                "project": project,
+                "query": query,
+                "page_size": len(task_ids) or 1,
+                "fields": "all",
+                "include": "id,predictions_model_versions",
+            },
+        )
         out: dict[int, set[str]] = {}
         for t in data.get("tasks", []):
             raw = t.get("predictions_model_versions") or ""
@@ -97,3 +111,48 @@ def push_predictions(
             written += len(todo)
             break
     return written
+
+
+class ProjectSetup(LabelStudioClient):
+    """The project-level calls the demo and the CLI make (create, import, connect, order)."""
+
+    def create_project(self, title: str, label_config: str, description: str = "") -> int:
+        data = self.request(
+            "POST",
+            "/api/projects",
+            json={"title": title, "label_config": label_config, "description": description},
+        )
+        return int(data["id"])
+
+    def upload_images(self, project: int, paths: Sequence[Any], batch: int = 50) -> list[int]:
+        ids: list[int] = []
+        for lo in range(0, len(paths), batch):
+            files = [("file", (p.name, p.read_bytes())) for p in paths[lo : lo + batch]]
+            data = self.request("POST", f"/api/projects/{project}/import?return_task_ids=true", files=files)
+            ids += data.get("task_ids", [])
+        return ids
+
+    def connect_ml_backend(self, project: int, url: str, title: str = "labelloop") -> int:
+        return int(
+            self.request("POST", "/api/ml", json={"url": url, "project": project, "title": title})["id"]
+        )
+
+    def retrieve_predictions(self, project: int) -> dict:
+        """What the Data Manager's "Retrieve predictions" action does, for every task."""
+        return self.request(
+            "POST",
+            f"/api/dm/actions?id=retrieve_tasks_predictions&project={project}",
+            json={"selectedItems": {"all": True, "excluded": []}},
+        )
+
+    def set_model_version(self, project: int, version: str) -> None:
+        """Label Studio shows, and sorts by, predictions of the project's model_version only."""
+        self.request("PATCH", f"/api/projects/{project}", json={"model_version": version})
+
+    def create_uncertainty_view(self, project: int, title: str = "Most uncertain first") -> int:
+        data = self.request(
+            "POST",
+            "/api/dm/views",
+            json={"project": project, "data": {"title": title, "ordering": ["tasks:predictions_score"]}},
+        )
+        return int(data["id"])

@@ -41,8 +41,10 @@ def free_port() -> int:
 def find_label_studio(venv: Path | None = None) -> Path:
     exe = (venv or Path(os.environ.get("LABELLOOP_LS_VENV", ROOT / ".venv-ls"))) / "bin" / "label-studio"
     if not exe.exists():
-        raise ConfigError(f"Label Studio is not installed at {exe}: run `bash scripts/bootstrap.sh ls` "
-                          "(or set LABELLOOP_LS_VENV to a virtualenv with label-studio 1.23)")
+        raise ConfigError(
+            f"Label Studio is not installed at {exe}: run `bash scripts/bootstrap.sh ls` "
+            "(or set LABELLOOP_LS_VENV to a virtualenv with label-studio 1.23)"
+        )
     return exe
 
 
@@ -65,7 +67,9 @@ class LabelStudioServer:
         self.username, self.password, self.token = username, password, token
         self.data_dir = self.workdir / "data"
         self.document_root = self.workdir / "files"
-        self.cache_dir = cache_dir or Path(os.environ.get("LABELLOOP_CACHE", Path.home() / ".cache" / "labelloop"))
+        self.cache_dir = cache_dir or Path(
+            os.environ.get("LABELLOOP_CACHE", Path.home() / ".cache" / "labelloop")
+        )
         self.log_path = self.workdir / "label-studio.log"
         self.proc: subprocess.Popen | None = None
 
@@ -94,9 +98,24 @@ class LabelStudioServer:
         (tpl / "data").mkdir(parents=True)
         env = {**self._env(), "LABEL_STUDIO_BASE_DATA_DIR": str(tpl / "data")}
         r = subprocess.run(
-            [str(self.exe), "init", "--data-dir", str(tpl / "data"), "--username", self.username,
-             "--password", self.password, "--user-token", self.token, "--no-browser"],
-            env=env, capture_output=True, text=True, timeout=600)
+            [
+                str(self.exe),
+                "init",
+                "--data-dir",
+                str(tpl / "data"),
+                "--username",
+                self.username,
+                "--password",
+                self.password,
+                "--user-token",
+                self.token,
+                "--no-browser",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if r.returncode != 0:
             raise RemoteError(f"label-studio init failed:\n{(r.stdout + r.stderr)[-3000:]}")
         (tpl / ".complete").touch()
@@ -107,12 +126,31 @@ class LabelStudioServer:
         self.document_root.mkdir(parents=True, exist_ok=True)
         if not self.data_dir.exists():
             shutil.copytree(self._template() / "data", self.data_dir)
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child process owns it
         self.proc = subprocess.Popen(
-            [str(self.exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(self.port),
-             "--data-dir", str(self.data_dir), "--username", self.username, "--password", self.password,
-             "--user-token", self.token, "--enable-legacy-api-token"],
-            env=self._env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                str(self.exe),
+                "start",
+                "--no-browser",
+                "--internal-host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.data_dir),
+                "--username",
+                self.username,
+                "--password",
+                self.password,
+                "--user-token",
+                self.token,
+                "--enable-legacy-api-token",
+            ],
+            env=self._env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:
@@ -124,7 +162,9 @@ class LabelStudioServer:
                 pass
             time.sleep(0.5)
         self.stop()
-        raise RemoteError(f"Label Studio did not answer on {self.url} within {timeout:.0f}s:\n{self.log_tail()}")
+        raise RemoteError(
+            f"Label Studio did not answer on {self.url} within {timeout:.0f}s:\n{self.log_tail()}"
+        )
 
     def _token_works(self) -> bool:
         r = requests.get(f"{self.url}/api/current-user/whoami", headers=self.headers(), timeout=5)

@@ -16,8 +16,11 @@ from rich.console import Console
 from labelloop.errors import LabelloopError
 from labelloop.settings import Settings, load_settings
 
-app = typer.Typer(help="Close the loop between a YOLO model and the people who label for it.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Close the loop between a YOLO model and the people who label for it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 model_app = typer.Typer(help="Models: build the demo detector.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks (print ratios, write JSON).", no_args_is_help=True)
 app.add_typer(model_app, name="model")
@@ -28,8 +31,10 @@ ModelOpt = Annotated[Path | None, typer.Option("--model", "-m", help="YOLO weigh
 
 
 def _logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 def resolve_weights(settings: Settings) -> Path:
@@ -41,7 +46,9 @@ def resolve_weights(settings: Settings) -> Path:
     from labelloop.backend.demo_model import build_demo_model, demo_model_path
 
     if not demo_model_path(settings.cache_dir).exists():
-        console.print("[bold]No --model given: building the demo detector (one time, a few minutes on CPU)...")
+        console.print(
+            "[bold]No --model given: building the demo detector (one time, a few minutes on CPU)..."
+        )
     return build_demo_model(settings.cache_dir)
 
 
@@ -50,7 +57,9 @@ def serve(
     model: ModelOpt = None,
     host: Annotated[str | None, typer.Option(help="bind address (LABELLOOP_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="port (LABELLOOP_PORT)")] = None,
-    workers: Annotated[int | None, typer.Option(help="gunicorn worker processes (LABELLOOP_HTTP_WORKERS)")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="gunicorn worker processes (LABELLOOP_HTTP_WORKERS)")
+    ] = None,
     rq_worker: Annotated[bool, typer.Option(help="also run an rq worker for background predictions")] = True,
 ) -> None:
     """Serve the Label Studio ML backend under gunicorn."""
@@ -112,7 +121,9 @@ def demo(
     _logging()
     from labelloop.demo import run_demo
 
-    run_demo(load_settings(), port=port, backend_port=backend_port, n_images=images, keep_running=keep_running)
+    run_demo(
+        load_settings(), port=port, backend_port=backend_port, n_images=images, keep_running=keep_running
+    )
 
 
 @bench_app.command("predict")

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-
 from labelloop.backend.demo_model import render_shapes
+
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.labelstudio
@@ -40,34 +40,50 @@ def _images(d: Path, n: int, size: int = 320, seed: int = 7) -> list[Path]:
 
 
 def _project(ls, title: str) -> int:
-    r = requests.post(f"{ls.url}/api/projects", headers=ls.headers(), json={"title": title, "label_config": CONFIG})
+    r = requests.post(
+        f"{ls.url}/api/projects", headers=ls.headers(), json={"title": title, "label_config": CONFIG}
+    )
     assert r.status_code == 201, r.text
     return int(r.json()["id"])
 
 
 def _upload(ls, project: int, paths: list[Path]) -> list[int]:
     files = [("file", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
-    r = requests.post(f"{ls.url}/api/projects/{project}/import?return_task_ids=true", headers=ls.headers(),
-                      files=files, timeout=120)
+    r = requests.post(
+        f"{ls.url}/api/projects/{project}/import?return_task_ids=true",
+        headers=ls.headers(),
+        files=files,
+        timeout=120,
+    )
     assert r.status_code == 201, r.text
     return list(r.json()["task_ids"])
 
 
 def _connect(ls, project: int, backend_url: str) -> None:
-    r = requests.post(f"{ls.url}/api/ml", headers=ls.headers(),
-                      json={"url": backend_url, "project": project, "title": "labelloop"}, timeout=30)
+    r = requests.post(
+        f"{ls.url}/api/ml",
+        headers=ls.headers(),
+        json={"url": backend_url, "project": project, "title": "labelloop"},
+        timeout=30,
+    )
     assert r.status_code == 201, r.text
 
 
 def _set_model_version(ls, project: int, version: str) -> None:
     """Label Studio shows and sorts by predictions of the project's model_version only."""
-    r = requests.patch(f"{ls.url}/api/projects/{project}", headers=ls.headers(), json={"model_version": version})
+    r = requests.patch(
+        f"{ls.url}/api/projects/{project}", headers=ls.headers(), json={"model_version": version}
+    )
     assert r.ok and r.json()["model_version"] == version, r.text
 
 
 def _retrieve_all_predictions(ls, project: int) -> dict:
-    r = requests.post(f"{ls.url}/api/dm/actions?id=retrieve_tasks_predictions&project={project}",
-                      headers=ls.headers(), json={"selectedItems": {"all": True, "excluded": []}}, timeout=300)
+    r = requests.post(
+        f"{ls.url}/api/dm/actions?id=retrieve_tasks_predictions&project={project}",
+        headers=ls.headers(),
+        json={"selectedItems": {"all": True, "excluded": []}},
+        timeout=300,
+    )
     assert r.ok, r.text
     return r.json()
 
@@ -76,8 +92,11 @@ def _metrics(url: str) -> dict[tuple[str, tuple], float]:
     from prometheus_client.parser import text_string_to_metric_families
 
     text = requests.get(f"{url}/metrics", timeout=10).text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
 
 def _predictions(ls, project: int) -> list[dict]:
@@ -123,11 +142,19 @@ def test_prelabels_scores_ordering_and_corrupt_image(label_studio, backend_facto
             assert p["score"] == pytest.approx(min(r["score"] for r in p["result"]), abs=1e-6)
 
     # a QA lead's view: least confident first
-    view = requests.post(f"{ls.url}/api/dm/views", headers=ls.headers(), json={
-        "project": project, "data": {"title": "Most uncertain first", "ordering": ["tasks:predictions_score"]}})
+    view = requests.post(
+        f"{ls.url}/api/dm/views",
+        headers=ls.headers(),
+        json={
+            "project": project,
+            "data": {"title": "Most uncertain first", "ordering": ["tasks:predictions_score"]},
+        },
+    )
     assert view.status_code == 201, view.text
-    r = requests.get(f"{ls.url}/api/tasks?view={view.json()['id']}&project={project}&page_size=100&fields=all",
-                     headers=ls.headers())
+    r = requests.get(
+        f"{ls.url}/api/tasks?view={view.json()['id']}&project={project}&page_size=100&fields=all",
+        headers=ls.headers(),
+    )
     assert r.ok, r.text
     page = r.json()
     ordered = [t["id"] for t in page["tasks"]]
@@ -158,7 +185,9 @@ def test_ten_thousand_tasks_in_one_request(label_studio, backend_factory, tmp_pa
     urls = [t["data"]["image"] for t in r.json()["tasks"]]
     assert len(urls) == len(uploaded)
     tasks = [{"image": urls[i % len(urls)], "n": i} for i in range(n - len(uploaded))]
-    r = requests.post(f"{ls.url}/api/projects/{project}/import", headers=ls.headers(), json=tasks, timeout=300)
+    r = requests.post(
+        f"{ls.url}/api/projects/{project}/import", headers=ls.headers(), json=tasks, timeout=300
+    )
     assert r.status_code == 201, r.text
     version = requests.get(f"{backend.url}/versions").json()["versions"][0]
     _connect(ls, project, backend.url)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from labelloop.backend.predictor import Predictor
 from labelloop.connectors.formats.labelstudio import (
     item_to_ls_prediction,
@@ -20,12 +19,18 @@ from labelloop.connectors.formats.labelstudio import (
     parse_label_config,
     select_controls,
 )
+
 from labelloop.errors import ConfigError, ModelError
 from labelloop.settings import load_settings
 from labelloop.types import Box, Keypoints, Polygon, RotatedBox
 
-YAMLS = {"detect": "yolov8n.yaml", "segment": "yolov8n-seg.yaml", "pose": "yolov8n-pose.yaml",
-         "obb": "yolov8n-obb.yaml", "classify": "yolov8n-cls.yaml"}
+YAMLS = {
+    "detect": "yolov8n.yaml",
+    "segment": "yolov8n-seg.yaml",
+    "pose": "yolov8n-pose.yaml",
+    "obb": "yolov8n-obb.yaml",
+    "classify": "yolov8n-cls.yaml",
+}
 
 
 def _cfg(tag: str, extra: str = "") -> str:
@@ -68,7 +73,13 @@ def _predict(path: Path, images: list[np.ndarray], **kw):  # type: ignore[no-unt
 def test_each_task_gives_regions_with_probabilities(task: str, tiny_models, images) -> None:  # type: ignore[no-untyped-def]
     predictor, items = _predict(tiny_models[task], images)
     assert predictor.task == task
-    expected = {"detect": Box, "segment": Polygon, "pose": Keypoints, "obb": RotatedBox, "classify": type(None)}
+    expected = {
+        "detect": Box,
+        "segment": Polygon,
+        "pose": Keypoints,
+        "obb": RotatedBox,
+        "classify": type(None),
+    }
     for item in items:
         assert (item.width, item.height) == (128, 96)
         assert item.regions, f"{task}: no regions"
@@ -87,14 +98,17 @@ def test_each_task_gives_regions_with_probabilities(task: str, tiny_models, imag
             assert item.score == pytest.approx(min(r.score for r in item.regions))
 
 
-@pytest.mark.parametrize(("task", "tag", "ls_type"), [
-    ("detect", "RectangleLabels", "rectanglelabels"),
-    ("detect", "PolygonLabels", "polygonlabels"),
-    ("obb", "RectangleLabels", "rectanglelabels"),
-    ("segment", "PolygonLabels", "polygonlabels"),
-    ("segment", "BrushLabels", "brushlabels"),
-    ("classify", "Choices", "choices"),
-])
+@pytest.mark.parametrize(
+    ("task", "tag", "ls_type"),
+    [
+        ("detect", "RectangleLabels", "rectanglelabels"),
+        ("detect", "PolygonLabels", "polygonlabels"),
+        ("obb", "RectangleLabels", "rectanglelabels"),
+        ("segment", "PolygonLabels", "polygonlabels"),
+        ("segment", "BrushLabels", "brushlabels"),
+        ("classify", "Choices", "choices"),
+    ],
+)
 def test_label_studio_controls(task: str, tag: str, ls_type: str, tiny_models, images) -> None:  # type: ignore[no-untyped-def]
     predictor, items = _predict(tiny_models[task], images)
     plan = select_controls(parse_label_config(_cfg(tag)), task)
@@ -114,18 +128,23 @@ def test_label_studio_controls(task: str, tag: str, ls_type: str, tiny_models, i
         elif isinstance(r0.geometry, RotatedBox):
             assert np.allclose(r0.geometry.corners(), r1.geometry.corners(), atol=1e-6)
         elif isinstance(r0.geometry, Box) and tag == "RectangleLabels":
-            assert np.allclose([r0.geometry.x1, r0.geometry.y1, r0.geometry.x2, r0.geometry.y2],
-                               [r1.geometry.x1, r1.geometry.y1, r1.geometry.x2, r1.geometry.y2], atol=1e-6)
+            assert np.allclose(
+                [r0.geometry.x1, r0.geometry.y1, r0.geometry.x2, r0.geometry.y2],
+                [r1.geometry.x1, r1.geometry.y1, r1.geometry.x2, r1.geometry.y2],
+                atol=1e-6,
+            )
         elif isinstance(r0.geometry, Polygon):
             assert np.allclose(r0.geometry.points, r1.geometry.points, atol=1e-6)
 
 
 def test_pose_fills_keypoints_and_boxes(tiny_models, images) -> None:  # type: ignore[no-untyped-def]
-    predictor, items = _predict(tiny_models["pose"], images)
+    _predictor, items = _predict(tiny_models["pose"], images)
     kp_labels = "".join(f'<Label value="point{k}"/>' for k in range(17))
-    cfg = ('<View><Image name="img" value="$image"/><RectangleLabels name="box" toName="img">'
-           '<Label value="person" predicted_values="0"/></RectangleLabels>'
-           f'<KeyPointLabels name="kp" toName="img">{kp_labels}</KeyPointLabels></View>')
+    cfg = (
+        '<View><Image name="img" value="$image"/><RectangleLabels name="box" toName="img">'
+        '<Label value="person" predicted_values="0"/></RectangleLabels>'
+        f'<KeyPointLabels name="kp" toName="img">{kp_labels}</KeyPointLabels></View>'
+    )
     plan = select_controls(parse_label_config(cfg), "pose")
     assert plan.main.tag == "RectangleLabels" and plan.keypoints is not None
     pred, dropped = item_to_ls_prediction(items[0], plan, "v1")
@@ -141,7 +160,7 @@ def test_pose_fills_keypoints_and_boxes(tiny_models, images) -> None:  # type: i
 
 
 def test_unmapped_classes_dropped_and_label_map(tiny_models, images) -> None:  # type: ignore[no-untyped-def]
-    predictor, items = _predict(tiny_models["detect"], images)
+    _predictor, items = _predict(tiny_models["detect"], images)
     cfg = '<View><Image name="img" value="$image"/><RectangleLabels name="l" toName="img"><Label value="Cat"/></RectangleLabels></View>'
     plan = select_controls(parse_label_config(cfg), "detect")
     pred, dropped = item_to_ls_prediction(items[0], plan, "v")

@@ -1,0 +1,87 @@
+"""``labelloop demo``: Label Studio + the ML backend + a project of sample images with prelabels."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from rich.console import Console
+
+from labelloop.settings import Settings
+
+console = Console()
+
+
+def run_demo(settings: Settings, port: int, backend_port: int, n_images: int, keep_running: bool) -> None:
+    from labelloop.backend.demo_model import render_shapes
+    from labelloop.backend.predictor import model_version_of
+    from labelloop.backend.serve import BackendProcess
+    from labelloop.cli import resolve_weights
+    from labelloop.connectors.formats.labelstudio import generate_label_config
+    from labelloop.connectors.labelstudio import ProjectSetup
+    from labelloop.connectors.labelstudio_server import LabelStudioServer, free_port
+
+    weights = resolve_weights(settings)
+    work = settings.cache_dir / "demo"
+    images = work / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(2024)
+    paths = []
+    for i in range(n_images):
+        p = images / f"shapes_{i:03d}.jpg"
+        render_shapes(rng, 320)[0].save(p, quality=90)
+        paths.append(p)
+
+    with console.status("starting Label Studio (first run: ~40 s)..."):
+        ls = LabelStudioServer(work / "label-studio", port=_free_or(port, free_port))
+        ls.start()
+    backend = None
+    try:
+        with console.status("starting the ML backend (gunicorn + rq worker)..."):
+            backend = BackendProcess(
+                work / "backend", weights, settings.redis_url, port=_free_or(backend_port, free_port)
+            ).start()
+        client = ProjectSetup(ls.url, ls.token)
+        from ultralytics import YOLO  # only for the class names; the backend has its own copy loaded
+
+        names = list(YOLO(str(weights)).names.values())
+        project = client.create_project(
+            f"labelloop demo {time.strftime('%H:%M:%S')}",
+            generate_label_config("detect", names),
+            "Shapes prelabelled by the labelloop demo detector",
+        )
+        client.upload_images(project, paths)
+        client.connect_ml_backend(project, backend.url)
+        with console.status(f"prelabelling {len(paths)} images..."):
+            client.retrieve_predictions(project)
+        version = model_version_of(weights)
+        client.set_model_version(project, version)
+        view = client.create_uncertainty_view(project)
+        console.print(
+            f"\n[bold green]labelloop demo is up[/]\n"
+            f"  Label Studio  {ls.url}/projects/{project}/data?tab={view}\n"
+            f"  login         {ls.username} / {ls.password}\n"
+            f"  ML backend    {backend.url}  (model {version})\n"
+            f"  metrics       {backend.url}/metrics\n"
+            "Open a task: the boxes are editable prelabels, each with its score; the "
+            "'Most uncertain first' tab lists the least confident images first."
+        )
+        while keep_running:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if backend:
+            backend.stop()
+        ls.stop()
+
+
+def _free_or(port: int, fallback) -> int:  # type: ignore[no-untyped-def]
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            return int(fallback())
