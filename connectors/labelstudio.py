@@ -127,7 +127,8 @@ class ProjectSetup(LabelStudioClient):
     def upload_images(self, project: int, paths: Sequence[Any], batch: int = 50) -> list[int]:
         ids: list[int] = []
         for lo in range(0, len(paths), batch):
-            files = [("file", (p.name, p.read_bytes())) for p in paths[lo : lo + batch]]
+            # Label Studio reads one file per form field name
+            files = [(f"file{i}", (p.name, p.read_bytes())) for i, p in enumerate(paths[lo : lo + batch])]
             data = self.request("POST", f"/api/projects/{project}/import?return_task_ids=true", files=files)
             ids += data.get("task_ids", [])
         return ids

@@ -48,7 +48,7 @@ def _project(ls, title: str) -> int:
 
 
 def _upload(ls, project: int, paths: list[Path]) -> list[int]:
-    files = [("file", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
+    files = [(f"file{i}", (p.name, p.read_bytes(), "image/jpeg")) for i, p in enumerate(paths)]
     r = requests.post(
         f"{ls.url}/api/projects/{project}/import?return_task_ids=true",
         headers=ls.headers(),
@@ -111,6 +111,7 @@ def test_prelabels_scores_ordering_and_corrupt_image(label_studio, backend_facto
     version = requests.get(f"{backend.url}/versions").json()["versions"][0]
     project = _project(ls, "shapes e2e")
     good = _upload(ls, project, _images(tmp_path / "img", 8))
+    assert len(good) == 8
     bad_file = tmp_path / "img" / "corrupt.jpg"
     bad_file.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     bad = _upload(ls, project, [bad_file])[0]

@@ -1,0 +1,127 @@
+"""``labelloop bench predict``: the backend's /predict path against the Label Studio example's way.
+
+Same weights, same images served by a real Label Studio, same run:
+- baseline: a per-task loop that downloads each image and calls ``model.predict`` (PyTorch) on it;
+- labelloop: one POST /predict with every task to the gunicorn backend (image cache disabled, so
+  every image is downloaded again);
+- ceiling: the model alone on already-decoded images, one ``predict`` call each, in the runtime the
+  backend uses (ONNX Runtime on CPU), plus PyTorch's for reference.
+Each figure is the best of ``repeats`` runs; ratios are against numbers measured in this run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+from rich.console import Console
+
+from labelloop.settings import Settings
+
+console = Console()
+
+
+def bench_predict(settings: Settings, n_tasks: int, out: Path, repeats: int = 3) -> dict:
+    from labelloop.backend.demo_model import render_shapes
+    from labelloop.backend.predictor import Predictor
+    from labelloop.backend.serve import BackendProcess
+    from labelloop.cli import resolve_weights
+    from labelloop.connectors.formats.labelstudio import generate_label_config
+    from labelloop.connectors.labelstudio import ProjectSetup
+    from labelloop.connectors.labelstudio_server import LabelStudioServer
+
+    weights = resolve_weights(settings)
+    work = Path(tempfile.mkdtemp(prefix="labelloop-bench-"))
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n_tasks):
+        p = work / "img" / f"{i:03d}.jpg"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        render_shapes(rng, 640)[0].save(p, quality=90)
+        paths.append(p)
+
+    with LabelStudioServer(work / "ls") as ls:
+        client = ProjectSetup(ls.url, ls.token)
+        from ultralytics import YOLO
+
+        torch_model = YOLO(str(weights))
+        names = list(torch_model.names.values())
+        project = client.create_project("bench", generate_label_config("detect", names))
+        client.upload_images(project, paths)
+        tasks = client.request("GET", "/api/tasks", params={"project": project, "page_size": n_tasks,
+                                                            "fields": "all"})["tasks"]
+        tasks = [{"id": t["id"], "data": t["data"]} for t in tasks]
+        if len(tasks) != n_tasks:
+            raise RuntimeError(f"Label Studio holds {len(tasks)} tasks, expected {n_tasks}")
+        urls = [f"{ls.url}{t['data']['image']}" for t in tasks]
+        headers = ls.headers()
+
+        def per_task_loop() -> float:
+            t = time.perf_counter()
+            for u in urls:
+                img = np.asarray(Image.open(io.BytesIO(requests.get(u, headers=headers, timeout=30).content))
+                                 .convert("RGB"))[..., ::-1]
+                torch_model.predict(img, conf=settings.conf, verbose=False, device="cpu")
+            return time.perf_counter() - t
+
+        decoded = [np.ascontiguousarray(np.asarray(Image.open(p).convert("RGB"))[..., ::-1]) for p in paths]
+        onnx = Predictor(weights, settings.model_copy(update={"runtime": "onnx", "device": "cpu"}))
+
+        def forward(model) -> float:  # type: ignore[no-untyped-def]
+            t = time.perf_counter()
+            for img in decoded:
+                model.predict(img, imgsz=onnx.imgsz, conf=settings.conf, verbose=False, device="cpu")
+            return time.perf_counter() - t
+
+        backend = BackendProcess(work / "backend", weights, settings.redis_url,
+                                 {"LABELLOOP_IMAGE_CACHE_BYTES": "0", "LABELLOOP_RUNTIME": "onnx",
+                                  "LABELLOOP_LABEL_STUDIO_URL": ls.url, "LABELLOOP_LABEL_STUDIO_TOKEN": ls.token})
+        backend.start()
+        cfg = generate_label_config("detect", names)
+
+        def labelloop_predict() -> float:
+            t = time.perf_counter()
+            r = requests.post(f"{backend.url}/predict", json={"tasks": tasks, "label_config": cfg,
+                                                              "project": f"{project}.0"}, timeout=300)
+            r.raise_for_status()
+            assert len(r.json()["results"]) == len(tasks)
+            return time.perf_counter() - t
+
+        try:
+            per_task_loop()  # warm-ups: first-call setup is not what we measure
+            forward(onnx.model)
+            forward(torch_model)
+            labelloop_predict()
+            times = {name: min(fn() for _ in range(repeats)) for name, fn in (
+                ("per_task_loop", per_task_loop),
+                ("labelloop_predict", labelloop_predict),
+                ("ceiling_onnx_forward", lambda: forward(onnx.model)),
+                ("torch_forward", lambda: forward(torch_model)),
+            )}
+        finally:
+            backend.stop()
+
+    ips = {k: n_tasks / v for k, v in times.items()}
+    result = {
+        "tasks": n_tasks, "image_size": "640x640 JPEG", "imgsz": onnx.imgsz, "repeats": repeats,
+        "machine": f"{platform.machine()} {platform.processor() or ''} cpus={__import__('os').cpu_count()}",
+        "images_per_s": {k: round(v, 2) for k, v in ips.items()},
+        "speedup_vs_per_task_loop": round(ips["labelloop_predict"] / ips["per_task_loop"], 2),
+        "fraction_of_ceiling": round(ips["labelloop_predict"] / ips["ceiling_onnx_forward"], 3),
+        "targets": {"speedup_vs_per_task_loop": 2.0, "fraction_of_ceiling": 0.85},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    for k, v in result["images_per_s"].items():
+        console.print(f"{k:>22}: {v:8.2f} images/s")
+    console.print(f"labelloop /predict vs per-task loop: [bold]{result['speedup_vs_per_task_loop']}x[/] (target 2x); "
+                  f"of the ONNX forward ceiling: [bold]{result['fraction_of_ceiling'] * 100:.0f}%[/] (target 85%)")
+    console.print(f"written to {out}")
+    return result
