@@ -55,8 +55,9 @@ def bench_predict(settings: Settings, n_tasks: int, out: Path, repeats: int = 3)
         names = list(torch_model.names.values())
         project = client.create_project("bench", generate_label_config("detect", names))
         client.upload_images(project, paths)
-        tasks = client.request("GET", "/api/tasks", params={"project": project, "page_size": n_tasks,
-                                                            "fields": "all"})["tasks"]
+        tasks = client.request(
+            "GET", "/api/tasks", params={"project": project, "page_size": n_tasks, "fields": "all"}
+        )["tasks"]
         tasks = [{"id": t["id"], "data": t["data"]} for t in tasks]
         if len(tasks) != n_tasks:
             raise RuntimeError(f"Label Studio holds {len(tasks)} tasks, expected {n_tasks}")
@@ -66,8 +67,11 @@ def bench_predict(settings: Settings, n_tasks: int, out: Path, repeats: int = 3)
         def per_task_loop() -> float:
             t = time.perf_counter()
             for u in urls:
-                img = np.asarray(Image.open(io.BytesIO(requests.get(u, headers=headers, timeout=30).content))
-                                 .convert("RGB"))[..., ::-1]
+                img = np.asarray(
+                    Image.open(io.BytesIO(requests.get(u, headers=headers, timeout=30).content)).convert(
+                        "RGB"
+                    )
+                )[..., ::-1]
                 torch_model.predict(img, conf=settings.conf, verbose=False, device="cpu")
             return time.perf_counter() - t
 
@@ -80,16 +84,27 @@ def bench_predict(settings: Settings, n_tasks: int, out: Path, repeats: int = 3)
                 model.predict(img, imgsz=onnx.imgsz, conf=settings.conf, verbose=False, device="cpu")
             return time.perf_counter() - t
 
-        backend = BackendProcess(work / "backend", weights, settings.redis_url,
-                                 {"LABELLOOP_IMAGE_CACHE_BYTES": "0", "LABELLOOP_RUNTIME": "onnx",
-                                  "LABELLOOP_LABEL_STUDIO_URL": ls.url, "LABELLOOP_LABEL_STUDIO_TOKEN": ls.token})
+        backend = BackendProcess(
+            work / "backend",
+            weights,
+            settings.redis_url,
+            {
+                "LABELLOOP_IMAGE_CACHE_BYTES": "0",
+                "LABELLOOP_RUNTIME": "onnx",
+                "LABELLOOP_LABEL_STUDIO_URL": ls.url,
+                "LABELLOOP_LABEL_STUDIO_TOKEN": ls.token,
+            },
+        )
         backend.start()
         cfg = generate_label_config("detect", names)
 
         def labelloop_predict() -> float:
             t = time.perf_counter()
-            r = requests.post(f"{backend.url}/predict", json={"tasks": tasks, "label_config": cfg,
-                                                              "project": f"{project}.0"}, timeout=300)
+            r = requests.post(
+                f"{backend.url}/predict",
+                json={"tasks": tasks, "label_config": cfg, "project": f"{project}.0"},
+                timeout=300,
+            )
             r.raise_for_status()
             assert len(r.json()["results"]) == len(tasks)
             return time.perf_counter() - t
@@ -99,18 +114,24 @@ def bench_predict(settings: Settings, n_tasks: int, out: Path, repeats: int = 3)
             forward(onnx.model)
             forward(torch_model)
             labelloop_predict()
-            times = {name: min(fn() for _ in range(repeats)) for name, fn in (
-                ("per_task_loop", per_task_loop),
-                ("labelloop_predict", labelloop_predict),
-                ("ceiling_onnx_forward", lambda: forward(onnx.model)),
-                ("torch_forward", lambda: forward(torch_model)),
-            )}
+            times = {
+                name: min(fn() for _ in range(repeats))
+                for name, fn in (
+                    ("per_task_loop", per_task_loop),
+                    ("labelloop_predict", labelloop_predict),
+                    ("ceiling_onnx_forward", lambda: forward(onnx.model)),
+                    ("torch_forward", lambda: forward(torch_model)),
+                )
+            }
         finally:
             backend.stop()
 
     ips = {k: n_tasks / v for k, v in times.items()}
     result = {
-        "tasks": n_tasks, "image_size": "640x640 JPEG", "imgsz": onnx.imgsz, "repeats": repeats,
+        "tasks": n_tasks,
+        "image_size": "640x640 JPEG",
+        "imgsz": onnx.imgsz,
+        "repeats": repeats,
         "machine": f"{platform.machine()} {platform.processor() or ''} cpus={__import__('os').cpu_count()}",
         "images_per_s": {k: round(v, 2) for k, v in ips.items()},
         "speedup_vs_per_task_loop": round(ips["labelloop_predict"] / ips["per_task_loop"], 2),
@@ -121,7 +142,9 @@ def bench_predict(settings: Settings, n_tasks: int, out: Path, repeats: int = 3)
     out.write_text(json.dumps(result, indent=2))
     for k, v in result["images_per_s"].items():
         console.print(f"{k:>22}: {v:8.2f} images/s")
-    console.print(f"labelloop /predict vs per-task loop: [bold]{result['speedup_vs_per_task_loop']}x[/] (target 2x); "
-                  f"of the ONNX forward ceiling: [bold]{result['fraction_of_ceiling'] * 100:.0f}%[/] (target 85%)")
+    console.print(
+        f"labelloop /predict vs per-task loop: [bold]{result['speedup_vs_per_task_loop']}x[/] (target 2x); "
+        f"of the ONNX forward ceiling: [bold]{result['fraction_of_ceiling'] * 100:.0f}%[/] (target 85%)"
+    )
     console.print(f"written to {out}")
     return result

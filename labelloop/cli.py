@@ -143,7 +143,7 @@ def main() -> None:
     try:
         app()
     except LabelloopError as e:
-        console.print(f"[red]error:[/red] {e}")
+        sys.stderr.write(f"error: {e}\n")  # unwrapped: one line a user can grep
         raise SystemExit(2) from None
 
 
