@@ -287,8 +287,29 @@ class Predictor:
                         Fetched(f.uri, error=f"model failed on this image: {type(e).__name__}: {e}")
                     )
                 return
+            if self.runtime == "onnx":
+                self._tune_onnx_session()
         for f, r in zip(chunk, results, strict=True):
             yield Outcome(f, self._to_item(f, r))
+
+    def _tune_onnx_session(self) -> None:
+        """Stop ONNX Runtime's worker threads from spin-waiting between ops.
+
+        Spinning keeps both cores busy even while waiting, starving the threads that fetch and
+        decode the next images; without it fetching overlaps with inference. Ultralytics builds its
+        session with default options, so it is rebuilt once, with the same providers.
+        """
+        backend = getattr(getattr(getattr(self.model, "predictor", None), "model", None), "backend", None)
+        session = getattr(backend, "session", None)
+        if session is None or getattr(backend, "_labelloop_tuned", False):
+            return
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        backend.session = ort.InferenceSession(session._model_path, opts, providers=session.get_providers())
+        backend._labelloop_tuned = True
 
     def _to_item(self, f: Fetched, r: Any) -> ImageItem:
         h, w = f.image.shape[:2]  # type: ignore[union-attr]
