@@ -1,0 +1,767 @@
+"""CVAT connector on cvat-sdk: create tasks, push prelabels, pull annotations with their QA trail.
+
+What CVAT offers for uncertainty, and what this module does with it:
+
+- every shape carries a ``score`` (0..1) next to ``source``; prelabels are written with the
+  model's confidence as ``score`` and ``source="auto"`` (CVAT's own marker for machine-made
+  shapes, the same one ``cvat-cli task auto-annotate`` sets), so the sync can tell them from
+  ``manual`` / ``semi-auto`` / ``file`` / ``consensus`` shapes that a person drew or touched;
+- tasks and jobs have no custom sortable field: jobs can be filtered and sorted only by their own
+  fields (id, stage, state, assignee, updated_date...). So ordering is carried by the data itself:
+  :meth:`CvatConnector.create_task` uploads frames least-confident first with
+  ``sorting_method="predefined"`` (CVAT keeps that order), and ``segment_size`` cuts them into
+  jobs, so job 1 holds the hardest frames and ``sort=id`` is "most uncertain first";
+  :meth:`CvatConnector.job_uncertainty` reports each job's mean and minimum confidence for the
+  QA lead to assign reviewers from.
+
+Writes are bulk (one PATCH of task annotations per chunk of frames), retried with backoff, and
+resumable: a small JSON state file records which frames are in CVAT and which chunk was in
+flight, and a chunk whose response was lost is reconciled against the server before it is sent
+again, so a rerun never duplicates shapes. Shape conversion lives in
+``labelloop.connectors.formats.cvat``; this module knows nothing of torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import urllib3
+from cvat_sdk import Client, models
+from cvat_sdk.api_client import Configuration
+from cvat_sdk.api_client.exceptions import ApiException, OpenApiException
+from cvat_sdk.api_client.model_utils import validate_and_convert_types
+from cvat_sdk.core.client import AccessTokenCredentials, Config, PasswordCredentials
+from cvat_sdk.core.exceptions import BackgroundRequestException
+from PIL import Image
+
+from labelloop.errors import ConfigError, FetchError, RemoteError
+from labelloop.types import ImageItem, Provenance, Region, Source
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MACHINE_SOURCES = frozenset({"auto"})
+"""CVAT ``source`` values that mean "machine-made, no person has touched it"."""
+REVIEW_STAGES = frozenset({"validation", "acceptance"})
+_CFG = Configuration()
+
+
+def _formats() -> Any:
+    from labelloop.connectors.formats import cvat as fmt  # written beside this module
+
+    return fmt
+
+
+# ---------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class CreatedTask:
+    task_id: int
+    frames: list[str]  # frame names in CVAT's frame order (least confident first when scored)
+    job_ids: list[int]
+
+
+@dataclass(frozen=True)
+class PushReport:
+    task_id: int
+    pushed_frames: int  # frames written by this call
+    skipped_frames: int  # frames the state file says are already in CVAT
+    shapes: int
+    requests: int  # annotation writes sent (a retried chunk counts each try)
+
+
+@dataclass(frozen=True)
+class JobUncertainty:
+    job_id: int
+    start_frame: int
+    stop_frame: int
+    mean_confidence: float | None
+    min_confidence: float | None
+    stage: str
+    assignee: str | None
+
+
+@dataclass(frozen=True)
+class Comment:
+    id: int
+    owner: str | None
+    message: str
+    created_date: str
+
+
+@dataclass(frozen=True)
+class Issue:
+    id: int
+    job_id: int
+    frame: int
+    position: list[float]
+    resolved: bool
+    owner: str | None
+    assignee: str | None
+    updated_date: str
+    comments: list[Comment]
+
+
+@dataclass(frozen=True)
+class JobQA:
+    id: int
+    task_id: int
+    type: str  # annotation | ground_truth | consensus_replica
+    stage: str  # annotation | validation | acceptance
+    state: str  # new | in progress | completed | rejected
+    assignee: str | None
+    updated_date: str
+    start_frame: int
+    stop_frame: int
+    issues: list[Issue] = field(default_factory=list)
+
+
+@dataclass
+class PullCursor:
+    """Where the last pull stopped; store ``to_json()`` and pass it back to pull incrementally.
+
+    ``annotators`` remembers who had each job while it was in the annotation stage, because CVAT
+    keeps only the current assignee: once a job moves to validation the assignee is the reviewer.
+    """
+
+    since: str | None = None
+    annotators: dict[int, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"since": self.since, "annotators": {str(k): v for k, v in self.annotators.items()}}
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> PullCursor:
+        d = json.loads(text)
+        return cls(d.get("since"), {int(k): v for k, v in (d.get("annotators") or {}).items()})
+
+
+@dataclass
+class PullResult:
+    items: list[ImageItem]  # frames of annotation jobs changed since the cursor
+    ground_truth: list[ImageItem]  # frames of ground-truth jobs changed since the cursor
+    jobs: list[JobQA]
+    quality_reports: list[dict[str, Any]]  # as CVAT sends them (QualityReport)
+    cursor: PullCursor
+
+
+# ---------------------------------------------------------------------- push state
+
+
+@dataclass
+class PushState:
+    """What a push has written, so an interrupted push resumes without duplicating shapes."""
+
+    path: Path
+    task_id: int
+    server: str
+    pushed: set[int] = field(default_factory=set)
+    in_flight: dict[str, Any] | None = None  # {"frames": [...], "signature": [...]}
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path, task_id: int, server: str) -> PushState:
+        if not path.exists():
+            return cls(path, task_id, server)
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(
+                f"push state file {path} is unreadable ({e}); move it away to start over"
+            ) from e
+        if d.get("task_id") != task_id or d.get("server") != server:
+            raise ConfigError(
+                f"push state file {path} belongs to task {d.get('task_id')} on {d.get('server')}, "
+                f"not task {task_id} on {server}; use another state file"
+            )
+        return cls(path, task_id, server, set(d.get("pushed", [])), d.get("in_flight"), d.get("log", []))
+
+    def save(self) -> None:
+        d = {
+            "task_id": self.task_id,
+            "server": self.server,
+            "pushed": sorted(self.pushed),
+            "in_flight": self.in_flight,
+            "log": self.log[-1000:],
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(d))
+        os.replace(tmp, self.path)
+
+
+def _signature(shapes: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Order-free identity of written shapes, to recognise a chunk CVAT applied but did not confirm."""
+    return sorted(
+        json.dumps(
+            [s["frame"], s["label_id"], str(s["type"]), [round(float(p), 2) for p in s.get("points", [])]]
+        )
+        for s in shapes
+    )
+
+
+# ---------------------------------------------------------------------- connector
+
+
+class CvatConnector:
+    """One authenticated cvat-sdk client plus the retry, resume and conversion rules of labelloop."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        access_token: str | None = None,
+        organization: str | None = None,
+        retries: int = 4,
+        backoff_s: float = 0.5,
+        poll_s: float = 0.5,
+    ) -> None:
+        if not url:
+            raise ConfigError("CVAT URL is empty: set CVAT_URL (e.g. http://localhost:8080)")
+        self.url = url.rstrip("/")
+        self.retries, self.backoff_s = retries, backoff_s
+        self.client = self._with_retry(
+            f"connect to {self.url}",
+            lambda: Client(self.url, config=Config(status_check_period=poll_s), check_server_version=False),
+        )
+        self.client.logger.setLevel(logging.WARNING)
+        if access_token:
+            self.client.login(AccessTokenCredentials(access_token))
+        elif user and password:
+            try:
+                self._with_retry("log in", lambda: self.client.login(PasswordCredentials(user, password)))
+            except RemoteError as e:
+                if "HTTP 400" not in str(e):
+                    raise
+                raise ConfigError(
+                    f"CVAT at {self.url} refused the login of user {user!r}: check CVAT_USER/CVAT_PASSWORD"
+                ) from e
+        else:
+            raise ConfigError(
+                "CVAT credentials missing: set CVAT_USER and CVAT_PASSWORD, or CVAT_ACCESS_TOKEN"
+            )
+        if organization is not None:
+            self.client.organization_slug = organization
+        about = self._with_retry("read /api/server/about", self.client.get_server_version)
+        self.server_version = str(about)
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> CvatConnector:
+        """CVAT_URL, CVAT_USER + CVAT_PASSWORD or CVAT_ACCESS_TOKEN, CVAT_ORG (optional)."""
+        return cls(
+            os.environ.get("CVAT_URL", ""),
+            user=os.environ.get("CVAT_USER"),
+            password=os.environ.get("CVAT_PASSWORD"),
+            access_token=os.environ.get("CVAT_ACCESS_TOKEN"),
+            organization=os.environ.get("CVAT_ORG"),
+            **kwargs,
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> CvatConnector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ errors and retries
+
+    def _with_retry(self, what: str, fn: Callable[[], T], *, retry: bool = True) -> T:
+        """Run one request; retry 5xx, 408/429 and connection failures with exponential backoff."""
+        attempts = self.retries + 1 if retry else 1
+        last: Exception | None = None
+        for attempt in range(attempts):
+            try:
+                return fn()
+            except ApiException as e:
+                if e.status in (401, 403):
+                    raise ConfigError(
+                        f"CVAT at {self.url} refused to {what} (HTTP {e.status}): check the CVAT "
+                        f"user/password or token and its permissions. {_detail(e)}"
+                    ) from e
+                if e.status is not None and e.status < 500 and e.status not in (408, 429):
+                    raise RemoteError(
+                        f"CVAT at {self.url} rejected: {what} (HTTP {e.status}): {_detail(e)}"
+                    ) from e
+                last = e
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                last = e
+            if attempt + 1 < attempts:
+                delay = self.backoff_s * 2**attempt
+                log.warning("CVAT %s failed (%s); retrying in %.1fs", what, _short(last), delay)
+                time.sleep(delay)
+        raise RemoteError(
+            f"CVAT at {self.url} is down or failing: could not {what} "
+            f"after {attempts} attempt(s): {_short(last)}"
+        ) from last
+
+    # ------------------------------------------------------------------ tasks
+
+    def create_task(
+        self,
+        name: str,
+        images: Sequence[Path],
+        labels: Sequence[str],
+        *,
+        scores: Mapping[str, float | None] | None = None,
+        segment_size: int | None = None,
+        project_id: int | None = None,
+        subset: str | None = None,
+        chunk_size: int | None = None,
+    ) -> CreatedTask:
+        """Create a task from local images; with ``scores`` (image name -> confidence) the frames
+        are uploaded least-confident first so the first jobs hold the images most worth a look."""
+        images = [Path(p) for p in images]
+        if not images:
+            raise ConfigError(f"task {name!r}: no images given")
+        names = [p.name for p in images]
+        dupes = [n for n, c in Counter(names).items() if c > 1]
+        if dupes:
+            raise ConfigError(
+                f"task {name!r}: image file names must be unique in a task; repeated: {dupes[:5]}"
+            )
+        for p in images:  # fail before anything exists on the server
+            try:
+                with Image.open(p) as im:
+                    im.verify()
+            except Exception as e:
+                raise FetchError(
+                    f"image {p} cannot be loaded ({type(e).__name__}: {e}); fix or drop it"
+                ) from e
+        if scores is not None:
+            images.sort(key=lambda p: (scores.get(p.name) is None, scores.get(p.name) or 0.0))
+        spec: dict[str, Any] = {"name": name}
+        if project_id is not None:
+            project = self._with_retry(
+                f"read project {project_id}", lambda: self.client.projects.retrieve(project_id)
+            )
+            have = {lb.name for lb in project.get_labels()}
+            missing = [lb for lb in labels if lb not in have]
+            if missing:
+                raise ConfigError(
+                    f"labels {missing} are missing in CVAT project {project_id} ({project.name!r}); "
+                    f"it has {sorted(have)}. Add them to the project or map them with label_map"
+                )
+            spec["project_id"] = project_id
+        else:
+            if not labels:
+                raise ConfigError(f"task {name!r}: no labels given")
+            spec["labels"] = [{"name": lb} for lb in labels]
+        if segment_size:
+            spec["segment_size"] = segment_size
+        if subset:
+            spec["subset"] = subset
+        task_spec = _model(spec, models.TaskWriteRequest)
+        task = self._with_retry(f"create task {name!r}", lambda: self.client.tasks.create(task_spec))
+        params: dict[str, Any] = {"sorting_method": "predefined", "image_quality": 95}
+        if chunk_size:
+            params["chunk_size"] = chunk_size
+        try:
+            self._with_retry(
+                f"upload {len(images)} images to task {task.id}",
+                lambda: task.upload_data(images, params=params),
+                retry=False,  # a data upload cannot be repeated on the same task
+            )
+        except BackgroundRequestException as e:
+            raise RemoteError(
+                f"CVAT could not build task {task.id} ({name!r}) from the images: {e}; "
+                "the empty task was left in place for inspection"
+            ) from e
+        except RemoteError as e:
+            raise RemoteError(f"{e}. Task {task.id} was created without data; delete it and retry") from e
+        meta = self._with_retry(f"read task {task.id} frames", task.get_meta)
+        jobs = self._with_retry(f"list jobs of task {task.id}", task.get_jobs)
+        return CreatedTask(task.id, [f.name for f in meta.frames], sorted(j.id for j in jobs))
+
+    def task_labels(self, task_id: int) -> dict[str, int]:
+        task = self._with_retry(f"read task {task_id}", lambda: self.client.tasks.retrieve(task_id))
+        labels = self._with_retry(f"read labels of task {task_id}", task.get_labels)
+        return {lb.name: lb.id for lb in labels}
+
+    def _frame_index(self, task_id: int) -> tuple[dict[str, int], list[Any]]:
+        meta, _ = self._with_retry(
+            f"read frames of task {task_id}",
+            lambda: self.client.api_client.tasks_api.retrieve_data_meta(task_id),
+        )
+        return {f.name: i for i, f in enumerate(meta.frames)}, list(meta.frames)
+
+    # ------------------------------------------------------------------ push
+
+    def push_prelabels(
+        self,
+        task_id: int,
+        items: Sequence[ImageItem],
+        *,
+        state_path: Path | None = None,
+        chunk_frames: int = 200,
+    ) -> PushReport:
+        """Write the items' regions as ``source="auto"`` shapes with their ``score``, in bulk.
+
+        Items are matched to frames by file name. Frames the state file lists are skipped; a chunk
+        left in flight by a crash or a lost response is checked against CVAT before resending.
+        """
+        label_ids = self.task_labels(task_id)
+        used = sorted({r.label for it in items for r in it.regions})
+        missing = [lb for lb in used if lb not in label_ids]
+        if missing:
+            raise ConfigError(
+                f"labels {missing} are missing in CVAT task {task_id}; it has {sorted(label_ids)}. "
+                "Add them to the task/project or map them with label_map; nothing was written"
+            )
+        index, _ = self._frame_index(task_id)
+        frames: list[tuple[int, ImageItem]] = []
+        for it in items:
+            name = Path(it.uri.split("?")[0]).name
+            if name not in index:
+                raise ConfigError(
+                    f"image {it.uri!r} is not a frame of CVAT task {task_id}; nothing was written"
+                )
+            frames.append((index[name], it))
+        state = PushState.load(state_path, task_id, self.url) if state_path else None
+        if state and state.in_flight:
+            self._reconcile(task_id, state)
+        done = state.pushed if state else set()
+        todo = sorted((f, it) for f, it in frames if f not in done)
+        fmt = _formats()
+        pushed = shapes_n = requests = 0
+        for start in range(0, len(todo), max(1, chunk_frames)):
+            chunk = todo[start : start + chunk_frames]
+            shapes: list[dict[str, Any]] = []
+            tags: list[dict[str, Any]] = []
+            for f, it in chunk:
+                s, t = fmt.regions_to_cvat(it.regions, f, label_ids)
+                shapes.extend(s)
+                tags.extend(t)
+            for obj in (*shapes, *tags):
+                obj["source"] = "auto"
+                obj.pop("id", None)
+            body = _model({"shapes": shapes, "tags": tags}, models.PatchedLabeledDataRequest)
+            chunk_frames_ids = [f for f, _ in chunk]
+            if state:
+                state.in_flight = {"frames": chunk_frames_ids, "signature": _signature(shapes)}
+                state.save()
+            requests += self._send_chunk(task_id, body, chunk_frames_ids, shapes, state)
+            pushed += len(chunk)
+            shapes_n += len(shapes)
+        return PushReport(task_id, pushed, len(frames) - len(todo), shapes_n, requests)
+
+    def _send_chunk(
+        self,
+        task_id: int,
+        body: Any,
+        frames: list[int],
+        shapes: list[dict[str, Any]],
+        state: PushState | None,
+    ) -> int:
+        """One PATCH per try; after a failure, ask CVAT whether the chunk landed before resending."""
+        sent = 0
+        last: RemoteError | None = None
+        for attempt in range(self.retries + 1):
+            sent += 1
+            try:
+                self._with_retry(
+                    f"write {len(shapes)} shapes on {len(frames)} frames of task {task_id}",
+                    lambda: self.client.api_client.tasks_api.partial_update_annotations(
+                        "create", task_id, patched_labeled_data_request=body, _parse_response=False
+                    ),
+                    retry=False,
+                )
+                break
+            except RemoteError as e:
+                if "rejected" in str(e):
+                    raise
+                last = e
+            time.sleep(self.backoff_s * 2**attempt)
+            try:
+                if self._landed(task_id, frames, _signature(shapes)):
+                    break
+            except RemoteError as e:
+                last = e
+        else:
+            where = (
+                f"; {len(state.pushed)} frames are recorded in {state.path}, rerun to resume" if state else ""
+            )
+            raise RemoteError(f"{last}{where}") from last
+        if state:
+            state.pushed.update(frames)
+            state.in_flight = None
+            state.log.append({"frames": len(frames), "shapes": len(shapes), "at": time.time()})
+            state.save()
+        return sent
+
+    def _landed(self, task_id: int, frames: list[int], signature: list[str]) -> bool:
+        """True when every shape of the chunk is on the server (CVAT applies a PATCH all-or-nothing)."""
+        data, _ = self._with_retry(
+            f"read annotations of task {task_id}",
+            lambda: self.client.api_client.tasks_api.retrieve_annotations(task_id),
+        )
+        wanted = set(frames)
+        on_server = Counter(
+            _signature(
+                s.to_dict() for s in data.shapes if s.frame in wanted and _source(s) in MACHINE_SOURCES
+            )
+        )
+        return not (Counter(signature) - on_server)
+
+    def _reconcile(self, task_id: int, state: PushState) -> None:
+        flight = state.in_flight or {}
+        if self._landed(task_id, flight.get("frames", []), flight.get("signature", [])):
+            state.pushed.update(flight.get("frames", []))
+            state.log.append({"reconciled": len(flight.get("frames", [])), "at": time.time()})
+        state.in_flight = None
+        state.save()
+
+    # ------------------------------------------------------------------ uncertainty ordering
+
+    def job_uncertainty(self, task_id: int, items: Sequence[ImageItem]) -> list[JobUncertainty]:
+        """Per annotation job: mean/min image confidence of its frames, least confident job first."""
+        index, _ = self._frame_index(task_id)
+        conf = {index[Path(it.uri).name]: it.score for it in items if Path(it.uri).name in index}
+        out = []
+        for job in self._jobs(task_id, type="annotation"):
+            vals = [v for f, v in conf.items() if job.start_frame <= f <= job.stop_frame and v is not None]
+            out.append(
+                JobUncertainty(
+                    job.id,
+                    job.start_frame,
+                    job.stop_frame,
+                    sum(vals) / len(vals) if vals else None,
+                    min(vals) if vals else None,
+                    _value(job.stage),
+                    _username(job.assignee),
+                )
+            )
+        return sorted(out, key=lambda j: (j.mean_confidence is None, j.mean_confidence or 0.0))
+
+    # ------------------------------------------------------------------ pull
+
+    def _jobs(self, task_id: int, *, since: str | None = None, **simple: Any) -> list[Any]:
+        rule: dict[str, Any] = {"and": [{"==": [{"var": "task_id"}, task_id]}]}
+        if since:
+            rule["and"].append({">=": [{"var": "updated_date"}, since]})
+        from cvat_sdk.core.helpers import get_paginated_collection
+
+        return self._with_retry(
+            f"list jobs of task {task_id}",
+            lambda: get_paginated_collection(
+                self.client.api_client.jobs_api.list_endpoint,
+                filter=json.dumps(rule),
+                sort="id",
+                page_size=100,
+                **simple,
+            ),
+        )
+
+    def pull(self, task_id: int, cursor: PullCursor | None = None) -> PullResult:
+        """Annotations and QA metadata of the jobs updated since ``cursor.since`` (all when None).
+
+        The cursor compares with ``>=`` so an edit made in the same instant as the last pull is
+        never lost; a job seen twice is re-read, which is harmless.
+        """
+        cursor = cursor or PullCursor()
+        annotators = dict(cursor.annotators)
+        jobs = self._jobs(task_id, since=cursor.since)
+        label_names = {v: k for k, v in self.task_labels(task_id).items()}
+        _, meta = self._frame_index(task_id) if jobs else ({}, [])
+        issues = self._issues(task_id, cursor.since) if jobs or cursor.since is None else []
+        items: list[ImageItem] = []
+        gt: list[ImageItem] = []
+        out_jobs: list[JobQA] = []
+        newest = cursor.since
+        for job in jobs:
+            stage, assignee = _value(job.stage), _username(job.assignee)
+            if stage == "annotation" and assignee:
+                annotators[job.id] = assignee
+            data, _ = self._with_retry(
+                f"read annotations of job {job.id}",
+                lambda job=job: self.client.api_client.jobs_api.retrieve_annotations(job.id),
+            )
+            is_gt = _value(job.type) == "ground_truth"
+            prov_common = {
+                "annotator": annotators.get(job.id),
+                "reviewer": assignee if stage in REVIEW_STAGES else None,
+                "updated_at": _iso(job.updated_date),
+            }
+            frame_items = self._to_items(task_id, job, data, meta, label_names, prov_common)
+            (gt if is_gt else items).extend(frame_items)
+            out_jobs.append(
+                JobQA(
+                    job.id,
+                    task_id,
+                    _value(job.type),
+                    stage,
+                    _value(job.state),
+                    assignee,
+                    _iso(job.updated_date),
+                    job.start_frame,
+                    job.stop_frame,
+                    [i for i in issues if i.job_id == job.id],
+                )
+            )
+            newest = max(filter(None, [newest, _iso(job.updated_date)]))
+        reports = self._quality_reports(task_id)
+        return PullResult(items, gt, out_jobs, reports, PullCursor(newest, annotators))
+
+    def _to_items(
+        self,
+        task_id: int,
+        job: Any,
+        data: Any,
+        meta: list[Any],
+        label_names: dict[int, str],
+        prov: dict[str, Any],
+    ) -> list[ImageItem]:
+        fmt = _formats()
+        by_frame: dict[int, list[Region]] = {f: [] for f in range(job.start_frame, job.stop_frame + 1)}
+        for kind in ("shapes", "tags"):
+            for obj in getattr(data, kind):
+                d = obj.to_dict()
+                src = _source(obj)
+                machine = src in MACHINE_SOURCES
+                shapes, tags = ([d], []) if kind == "shapes" else ([], [d])
+                for r in fmt.cvat_to_regions(shapes, tags, label_names):
+                    p = Provenance(source=Source.PRELABEL if machine else Source.HUMAN, **prov)
+                    attrs = {**r.attributes, "cvat_source": src}
+                    rid = r.id or f"cvat:{kind[:-1]}:{d.get('id')}"
+                    by_frame.setdefault(d["frame"], []).append(
+                        r.with_(provenance=p, score=r.score if machine else None, attributes=attrs, id=rid)
+                    )
+        return [
+            ImageItem(
+                uri=meta[f].name if f < len(meta) else str(f),
+                width=int(getattr(meta[f], "width", 0) or 0) if f < len(meta) else 0,
+                height=int(getattr(meta[f], "height", 0) or 0) if f < len(meta) else 0,
+                regions=regions,
+                metadata={"cvat_task_id": task_id, "cvat_job_id": job.id, "cvat_frame": f},
+            )
+            for f, regions in sorted(by_frame.items())
+        ]
+
+    def _issues(self, task_id: int, since: str | None) -> list[Issue]:
+        """Issues of the task (CVAT cannot filter them by date, so it is done here) with comments."""
+        raw = self._raw_list("/api/issues", task_id=task_id)
+        out = []
+        for i in raw:
+            if since and i["updated_date"] < since:
+                continue
+            comments = self._raw_list("/api/comments", issue_id=i["id"])
+            out.append(
+                Issue(
+                    i["id"],
+                    i["job"],
+                    i["frame"],
+                    list(i.get("position") or []),
+                    bool(i.get("resolved")),
+                    (i.get("owner") or {}).get("username"),
+                    (i.get("assignee") or {}).get("username"),
+                    i["updated_date"],
+                    [
+                        Comment(
+                            c["id"], (c.get("owner") or {}).get("username"), c["message"], c["created_date"]
+                        )
+                        for c in sorted(comments, key=lambda c: c["id"])
+                    ],
+                )
+            )
+        return out
+
+    def _quality_reports(self, task_id: int) -> list[dict[str, Any]]:
+        """Task and job quality reports, newest first, as CVAT sends them.
+
+        Read as JSON rather than through cvat-sdk's model: cvat-sdk 2.80 requires
+        ``summary.jobs.completed``, which a CVAT 2.73 server does not send.
+        """
+        return self._raw_list("/api/quality/reports", task_id=task_id)
+
+    def _raw_list(self, path: str, **params: Any) -> list[dict[str, Any]]:
+        results: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            query = {**params, "page": page, "page_size": 100}
+            _, resp = self._with_retry(
+                f"list {path}",
+                lambda q=query: self.client.api_client.call_api(
+                    path, "GET", query_params=list(q.items()), _parse_response=False, _check_status=True
+                ),
+            )
+            body = json.loads(resp.data)
+            results.extend(body["results"])
+            if not body.get("next"):
+                return results
+            page += 1
+
+
+# ---------------------------------------------------------------------- small functions
+
+
+def _model(payload: dict[str, Any], model: type) -> Any:
+    """Build a request model with cvat-sdk's validation, so a bad shape fails here, not in CVAT."""
+    try:
+        return validate_and_convert_types(payload, (model,), [model.__name__], True, True, _CFG)
+    except (OpenApiException, TypeError, ValueError) as e:
+        raise ConfigError(f"invalid CVAT {model.__name__}: {e}") from e
+
+
+def _detail(e: ApiException) -> str:
+    body = e.body.decode(errors="replace") if isinstance(e.body, bytes) else str(e.body or e.reason)
+    return body[:500]
+
+
+def _short(e: Exception | None) -> str:
+    if isinstance(e, ApiException):
+        return f"HTTP {e.status} {_detail(e)}"
+    return f"{type(e).__name__}: {str(e)[:300]}"
+
+
+def _value(v: Any) -> Any:
+    return getattr(v, "value", v)
+
+
+def _source(obj: Any) -> str:
+    src = obj.get("source") if isinstance(obj, dict) else getattr(obj, "source", None)
+    return str(_value(src) or "manual")
+
+
+def _username(user: Any) -> str | None:
+    return getattr(user, "username", None) if user else None
+
+
+def _iso(d: Any) -> str:
+    """CVAT's own timestamp format (what its filters compare against)."""
+    if isinstance(d, str):
+        return d
+    return (
+        d.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        if d.tzinfo is None or d.utcoffset().total_seconds() == 0
+        else d.isoformat()
+    )
+
+
+__all__ = [
+    "MACHINE_SOURCES",
+    "Comment",
+    "CreatedTask",
+    "CvatConnector",
+    "Issue",
+    "JobQA",
+    "JobUncertainty",
+    "PullCursor",
+    "PullResult",
+    "PushReport",
+    "PushState",
+]

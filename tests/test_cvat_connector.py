@@ -1,0 +1,427 @@
+"""CVAT connector and auto-annotation function, driven through the real cvat-sdk and cvat-cli.
+
+The server is ``tests.cvat_peer`` (CVAT 2.73's schema and recorded responses over real HTTP);
+``test_real_cvat_roundtrip`` runs the same flow against a real CVAT when ``CVAT_URL`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cvat_sdk import make_client, models
+from labelloop.connectors.cvat import CvatConnector, PullCursor
+
+from labelloop.errors import ConfigError, FetchError, RemoteError
+from labelloop.types import Box, ImageItem, Region, Source
+from tests.cvat_peer import CvatPeer
+
+pytest.importorskip(
+    "labelloop.connectors.formats.cvat",
+    reason="connectors/formats/cvat.py (shape conversion) not written yet",
+)
+
+LABELS = ["circle", "square", "triangle"]
+ANN = r"/api/tasks/\d+/annotations"
+
+
+@pytest.fixture
+def peer():  # type: ignore[no-untyped-def]
+    with CvatPeer() as p:
+        yield p
+
+
+@pytest.fixture
+def conn(peer: CvatPeer) -> CvatConnector:
+    return CvatConnector(
+        peer.url, user="admin1", password="admin1-pw", backoff_s=0.01, poll_s=0.01, retries=3
+    )
+
+
+def make_images(root: Path, n: int) -> list[Path]:
+    from labelloop.backend.demo_model import render_shapes
+
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        img, _ = render_shapes(rng, size=96)
+        paths.append(root / f"img{i:04d}.png")
+        img.save(paths[-1])
+    return paths
+
+
+def make_items(paths: list[Path], per_image: int = 2) -> list[ImageItem]:
+    """Prelabels as the predictor makes them: boxes with scores, an image confidence = min score."""
+    items = []
+    for i, p in enumerate(paths):
+        scores = [round(0.3 + 0.6 * ((i * 7 + k * 3) % 10) / 10, 3) for k in range(per_image)]
+        regions = [
+            Region(LABELS[(i + k) % 3], Box(5.0 + k, 6.0 + i % 50, 40.0 + k, 50.0 + i % 40), score=s)
+            for k, s in enumerate(scores)
+        ]
+        items.append(ImageItem(str(p), 96, 96, regions, score=min(scores)))
+    return items
+
+
+def server_shapes(peer: CvatPeer, task_id: int) -> list[dict]:
+    return list(peer.shapes[task_id].values())
+
+
+# ---------------------------------------------------------------------- create, push, pull
+
+
+def test_create_push_pull_roundtrip(tmp_path: Path, peer: CvatPeer, conn: CvatConnector) -> None:
+    paths = make_images(tmp_path / "img", 6)
+    items = make_items(paths)
+    scores = {Path(it.uri).name: it.score for it in items}
+    task = conn.create_task("prelabels", paths, LABELS, scores=scores, segment_size=2)
+    # least confident first: CVAT keeps the upload order with sorting_method=predefined
+    assert [scores[n] for n in task.frames] == sorted(scores.values())
+    assert len(task.job_ids) == 3
+
+    report = conn.push_prelabels(task.task_id, items, chunk_frames=4)
+    assert (report.pushed_frames, report.shapes, report.requests) == (6, 12, 2)
+    stored = server_shapes(peer, task.task_id)
+    assert len(stored) == 12 and {s["source"] for s in stored} == {"auto"}
+    assert sorted(s["score"] for s in stored) == sorted(r.score for it in items for r in it.regions)
+
+    pulled = conn.pull(task.task_id)
+    regions = [r for it in pulled.items for r in it.regions]
+    assert len(regions) == 12 and {r.provenance.source for r in regions} == {Source.PRELABEL}
+    by_name = {it.uri: it for it in pulled.items}
+    for it in items:
+        got = by_name[Path(it.uri).name]
+        assert (got.width, got.height) == (96, 96)
+        assert sorted((r.label, r.score, r.geometry) for r in got.regions) == sorted(
+            (r.label, r.score, r.geometry) for r in it.regions
+        )
+    assert pulled.cursor.since is not None and len(pulled.jobs) == 3
+
+    ranked = conn.job_uncertainty(task.task_id, items)
+    means = [j.mean_confidence for j in ranked]
+    assert means == sorted(means) and ranked[0].job_id == min(
+        task.job_ids, key=lambda j: peer.jobs[j]["start_frame"]
+    )
+
+
+def test_push_is_resumable_after_500_without_duplicates(
+    tmp_path: Path, peer: CvatPeer, conn: CvatConnector
+) -> None:
+    paths = make_images(tmp_path / "img", 10)
+    items = make_items(paths)
+    task = conn.create_task("resume", paths, LABELS)
+    state = tmp_path / "push-state.json"
+
+    # 1) the second chunk's PATCH is applied but its response is lost (500): reconciled, not resent
+    peer.fail(500, times=1, method="PATCH", path=ANN, apply=True)
+    peer.log.clear()
+    r1 = conn.push_prelabels(task.task_id, items[:4], state_path=state, chunk_frames=2)
+    assert r1.pushed_frames == 4 and len(server_shapes(peer, task.task_id)) == 8
+    assert peer.count("PATCH", ANN) == 2  # no resend of the chunk that landed
+
+    # 2) CVAT keeps answering 500: the push stops with a clear error, the state says what landed
+    peer.fail(500, times=100, method="PATCH", path=ANN)
+    with pytest.raises(RemoteError, match=r"HTTP 500.*rerun to resume"):
+        conn.push_prelabels(task.task_id, items, state_path=state, chunk_frames=2)
+    saved = json.loads(state.read_text())
+    assert len(saved["pushed"]) == 4 and saved["in_flight"] is not None
+    peer._failures.clear()
+
+    # 3) rerun: resumes after what landed, writes each frame exactly once
+    r3 = conn.push_prelabels(task.task_id, items, state_path=state, chunk_frames=2)
+    assert (r3.skipped_frames, r3.pushed_frames) == (4, 6)
+    stored = server_shapes(peer, task.task_id)
+    assert len(stored) == 20
+    per_frame = {f: sum(1 for s in stored if s["frame"] == f) for f in range(10)}
+    assert set(per_frame.values()) == {2}
+    assert conn.push_prelabels(task.task_id, items, state_path=state).pushed_frames == 0
+
+
+def test_human_edits_incremental_pull_and_qa(tmp_path: Path, peer: CvatPeer, conn: CvatConnector) -> None:
+    paths = make_images(tmp_path / "img", 6)
+    items = make_items(paths)
+    task = conn.create_task("qa", paths, LABELS, segment_size=3)
+    conn.push_prelabels(task.task_id, items)
+    j1, j2 = sorted(task.job_ids)
+    peer.set_job(j1, assignee="annotator", state="in progress")
+    peer.set_job(j2, assignee="annotator", state="in progress")
+    first = conn.pull(task.task_id)
+    assert first.cursor.annotators == {j1: "annotator", j2: "annotator"}
+    cursor = PullCursor.from_json(first.cursor.to_json())
+
+    # the annotator corrects job 2 through the real SDK under their own account
+    with make_client(peer.url, credentials=("annotator", "ann-pw")) as human:
+        ann, _ = human.api_client.jobs_api.retrieve_annotations(j2)
+        target = ann.shapes[0]
+        label_id = target.label_id
+        human.api_client.jobs_api.partial_update_annotations(
+            "update",
+            j2,
+            patched_labeled_data_request=models.PatchedLabeledDataRequest(
+                shapes=[
+                    models.LabeledShapeRequest(
+                        id=target.id,
+                        type="rectangle",
+                        frame=target.frame,
+                        label_id=label_id,
+                        points=[1.0, 2.0, 30.0, 40.0],
+                        source="manual",
+                    )
+                ]
+            ),
+        )
+        human.api_client.jobs_api.partial_update_annotations(
+            "create",
+            j2,
+            patched_labeled_data_request=models.PatchedLabeledDataRequest(
+                shapes=[
+                    models.LabeledShapeRequest(
+                        type="rectangle", frame=4, label_id=label_id, points=[50, 50, 60, 60], source="manual"
+                    )
+                ]
+            ),
+        )
+    # QA: job 2 goes to validation with a reviewer, an issue with a reply, GT job, quality report
+    peer.set_job(j2, stage="validation", assignee="reviewer", state="in progress")
+    issue = peer.add_issue(j2, 4, "box too loose", "reviewer")
+    peer.add_comment(issue, "fixed", "annotator")
+    gt = peer.add_gt_job(task.task_id, [0, 1])
+    with make_client(peer.url, credentials=("reviewer", "rev-pw")) as rev:
+        rev.api_client.jobs_api.partial_update_annotations(
+            "create",
+            gt["id"],
+            patched_labeled_data_request=models.PatchedLabeledDataRequest(
+                shapes=[
+                    models.LabeledShapeRequest(
+                        type="rectangle", frame=0, label_id=label_id, points=[1, 1, 9, 9]
+                    )
+                ]
+            ),
+        )
+    peer.add_quality_report(task.task_id, accuracy=0.8, precision=0.9, recall=0.7)
+
+    second = conn.pull(task.task_id, cursor)
+    assert {j.id for j in second.jobs} == {j2, gt["id"]}  # job 1 did not change
+    job2 = next(j for j in second.jobs if j.id == j2)
+    assert (job2.stage, job2.state, job2.assignee) == ("validation", "in progress", "reviewer")
+    assert [c.message for c in job2.issues[0].comments] == ["box too loose", "fixed"]
+    assert job2.issues[0].owner == "reviewer" and job2.issues[0].frame == 4
+    regions = [r for it in second.items for r in it.regions]
+    human = [r for r in regions if r.provenance.source is Source.HUMAN]
+    machine = [r for r in regions if r.provenance.source is Source.PRELABEL]
+    assert len(human) == 2 and len(machine) == 5  # 3 frames x 2 prelabels, one corrected
+    assert all(r.score is None for r in human) and all(r.score is not None for r in machine)
+    assert {r.geometry for r in human} == {Box(1.0, 2.0, 30.0, 40.0), Box(50.0, 50.0, 60.0, 60.0)}
+    assert {(r.provenance.annotator, r.provenance.reviewer) for r in regions} == {("annotator", "reviewer")}
+    assert [r.provenance.source for it in second.ground_truth for r in it.regions] == [Source.HUMAN]
+    assert second.quality_reports[0]["summary"]["accuracy"] == 0.8
+    assert second.quality_reports[0]["target"] == "task"
+    assert second.cursor.since > cursor.since
+
+    third = conn.pull(task.task_id, second.cursor)  # nothing new: only the boundary job comes back
+    assert len(third.jobs) <= 1
+
+
+# ---------------------------------------------------------------------- bad input and failures
+
+
+def test_missing_label_names_it_and_writes_nothing(
+    tmp_path: Path, peer: CvatPeer, conn: CvatConnector
+) -> None:
+    paths = make_images(tmp_path / "img", 2)
+    task = conn.create_task("labels", paths, ["circle", "square"])
+    items = make_items(paths)  # uses "triangle" too
+    peer.log.clear()
+    with pytest.raises(ConfigError, match=r"\['triangle'\] are missing in CVAT task"):
+        conn.push_prelabels(task.task_id, items)
+    assert peer.count("PATCH", ANN) == 0
+
+
+def test_missing_label_in_project(tmp_path: Path, peer: CvatPeer, conn: CvatConnector) -> None:
+    with make_client(peer.url, credentials=("admin1", "admin1-pw")) as c:
+        project = c.projects.create(models.ProjectWriteRequest(name="p", labels=[{"name": "circle"}]))
+    with pytest.raises(ConfigError, match=r"\['square'\] are missing in CVAT project"):
+        conn.create_task("t", make_images(tmp_path / "img", 1), ["circle", "square"], project_id=project.id)
+    assert peer.count("POST", r"^/api/tasks$") == 0
+
+
+def test_image_that_fails_to_load(tmp_path: Path, peer: CvatPeer, conn: CvatConnector) -> None:
+    paths = make_images(tmp_path / "img", 2)
+    bad = tmp_path / "img" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(FetchError, match=r"broken\.jpg"):
+        conn.create_task("bad", [*paths, bad], LABELS)
+    assert peer.count("POST", r"^/api/tasks$") == 0  # nothing half-made on the server
+
+
+def test_cvat_down_or_500_gives_remote_error_after_retries(peer: CvatPeer) -> None:
+    conn = CvatConnector(peer.url, user="admin1", password="admin1-pw", backoff_s=0.01, retries=2)
+    peer.fail(500, times=10, method="GET", path=r"^/api/jobs$")
+    with pytest.raises(RemoteError, match=r"down or failing.*after 3 attempt"):
+        conn.pull(next(iter(peer.tasks)))
+    assert peer.count("GET", r"^/api/jobs$") == 3
+    peer.stop()
+    with pytest.raises(RemoteError, match=f"CVAT at {peer.url} is down"):
+        conn.task_labels(1)
+    with pytest.raises(RemoteError, match="down or failing"):
+        CvatConnector(peer.url, user="admin1", password="admin1-pw", backoff_s=0.01, retries=1)
+
+
+def test_wrong_or_missing_credentials(peer: CvatPeer) -> None:
+    with pytest.raises(ConfigError, match=r"refused the login of user 'admin1'"):
+        CvatConnector(peer.url, user="admin1", password="nope")
+    with pytest.raises(ConfigError, match="CVAT_USER"):
+        CvatConnector(peer.url)
+
+
+# ---------------------------------------------------------------------- the peer is faithful
+
+
+def test_peer_rejects_malformed_annotations(tmp_path: Path, peer: CvatPeer, conn: CvatConnector) -> None:
+    task = conn.create_task("strict", make_images(tmp_path / "img", 1), LABELS)
+    label = conn.task_labels(task.task_id)["circle"]
+    bad = [
+        {"shapes": [{"type": "box", "points": [1, 2, 3, 4], "label_id": label, "frame": 0}]},
+        {"shapes": [{"type": "rectangle", "points": [1, 2, 3, 4], "frame": 0}]},
+        {"shapes": [{"type": "rectangle", "points": [1, 2, 3, 4], "label_id": label, "frame": 0, "conf": 1}]},
+        {"shapes": [{"type": "rectangle", "points": [1, 2, 3, 4], "label_id": label, "frame": 5}]},
+    ]
+    for body in bad:
+        with pytest.raises(Exception, match="400"):
+            conn.client.api_client.call_api(
+                f"/api/tasks/{task.task_id}/annotations/",
+                "PATCH",
+                query_params=[("action", "create")],
+                body=body,
+                header_params={"Content-Type": "application/json"},
+            )
+    assert server_shapes(peer, task.task_id) == []
+
+
+def test_recorded_responses_parse_with_sdk(peer: CvatPeer) -> None:
+    """The recorded 2.73 objects the peer serves pass cvat-sdk 2.80's response models."""
+    with make_client(peer.url, credentials=("admin1", "admin1-pw")) as c:
+        jobs = c.jobs.list()
+        assert len(jobs) == 58 and {j.type for j in jobs} >= {"annotation", "ground_truth"}
+        assert len(c.tasks.list()) == 31 and len(c.projects.list()) == 17
+        assert len(c.issues.list()) == 5 and len(c.comments.list()) == 6
+        rec = next(iter(peer.recorded_job_ann))
+        assert c.jobs.retrieve(rec).get_annotations().version >= 0
+        gt, _ = c.api_client.jobs_api.list(
+            type="ground_truth", filter='{"==":[{"var":"stage"},"annotation"]}'
+        )
+        assert gt.count == sum(
+            1 for j in peer.jobs.values() if j["type"] == "ground_truth" and j["stage"] == "annotation"
+        )
+
+
+# ---------------------------------------------------------------------- the auto-annotation function
+
+
+@pytest.fixture(scope="module")
+def yolo_function(cache_dir: Path, demo_weights: Path):  # type: ignore[no-untyped-def]
+    from labelloop.backend.cvat_function import create
+
+    return create(model=str(demo_weights), device="cpu", conf=0.25)
+
+
+def test_function_spec_and_detect(yolo_function) -> None:  # type: ignore[no-untyped-def]
+    from cvat_sdk.auto_annotation import DetectionFunctionSpec
+    from labelloop.backend.demo_model import render_shapes
+    from PIL import Image
+
+    assert isinstance(yolo_function.spec, DetectionFunctionSpec)
+    assert [lb.name for lb in yolo_function.spec.labels] == LABELS
+    img, objects = render_shapes(np.random.default_rng(3), size=320)
+
+    class Ctx:
+        frame_name, conf_threshold, conv_mask_to_poly = "x.png", None, False
+
+    shapes = yolo_function.detect(Ctx(), img)
+    assert shapes and all(s.type.value == "rectangle" and 0 < s.score <= 1 for s in shapes)
+    assert all(not hasattr(s, "source") and s.frame == 0 for s in shapes)
+    Ctx.conf_threshold = 0.99
+    assert all(s.score >= 0.99 for s in yolo_function.detect(Ctx(), img))
+    assert isinstance(img, Image.Image) and objects
+
+
+def test_cli_auto_annotate_against_peer(
+    tmp_path: Path, peer: CvatPeer, conn: CvatConnector, demo_weights: Path
+) -> None:
+    paths = make_images(tmp_path / "img", 3)
+    from labelloop.backend.demo_model import render_shapes
+
+    rng = np.random.default_rng(5)
+    for p in paths:  # full-size images the demo detector sees well
+        render_shapes(rng, size=320)[0].save(p)
+    task = conn.create_task("auto", paths, LABELS, chunk_size=2)
+    env = {
+        **os.environ,
+        "XDG_CACHE_HOME": str(tmp_path / "xdg-cache"),
+        "XDG_CONFIG_HOME": str(tmp_path / "xdg-config"),
+        "LABELLOOP_DEVICE": "cpu",
+        "PASS": "admin1-pw",
+    }
+    cli = [sys.executable, "-m", "cvat_cli", "--server-host", peer.url, "--auth", "admin1"]
+    cmd = [
+        *cli,
+        "task",
+        "auto-annotate",
+        str(task.task_id),
+        "--function-module",
+        "labelloop.backend.cvat_function",
+        "-p",
+        f"model=str:{demo_weights}",
+        "-p",
+        "conf=float:0.25",
+        "--clear-existing",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert peer.count("GET", rf"/api/tasks/{task.task_id}/data") >= 2  # chunks were downloaded
+    assert peer.count("PUT", rf"/api/tasks/{task.task_id}/annotations") == 1
+    pulled = conn.pull(task.task_id)
+    regions = [r for it in pulled.items for r in it.regions]
+    assert regions and all(r.provenance.source is Source.PRELABEL and 0 < r.score <= 1 for r in regions)
+    assert {r.label for r in regions} <= set(LABELS)
+
+
+# ---------------------------------------------------------------------- a real CVAT (opt-in)
+
+
+@pytest.mark.cvat_real
+@pytest.mark.skipif(
+    not os.environ.get("CVAT_URL"),
+    reason="set CVAT_URL and CVAT_USER/CVAT_PASSWORD (or CVAT_ACCESS_TOKEN) to run against a real CVAT",
+)
+def test_real_cvat_roundtrip(tmp_path: Path) -> None:
+    conn = CvatConnector.from_env(backoff_s=0.5, poll_s=1.0)
+    paths = make_images(tmp_path / "img", 4)
+    items = make_items(paths)
+    task = conn.create_task(
+        "labelloop-optin-test", paths, LABELS, scores={Path(i.uri).name: i.score for i in items}
+    )
+    try:
+        report = conn.push_prelabels(task.task_id, items, state_path=tmp_path / "state.json")
+        assert report.shapes == 8
+        pulled = conn.pull(task.task_id)
+        regions = [r for it in pulled.items for r in it.regions]
+        assert len(regions) == 8 and all(r.provenance.source is Source.PRELABEL for r in regions)
+        assert all(
+            math.isclose(r.score or 0, s, abs_tol=1e-4)
+            for r, s in zip(
+                sorted(regions, key=lambda r: r.score or 0),
+                sorted(x.score for i in items for x in i.regions),
+                strict=True,
+            )
+        )
+    finally:
+        conn.client.tasks.remove_by_ids([task.task_id])
+        conn.close()
