@@ -14,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import shutil
-import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -131,7 +133,6 @@ class Predictor:
         self.settings = settings
         self.weights = Path(weights)
         self.model_version = model_version_of(self.weights)
-        self._lock = threading.Lock()
         self.device = self._pick_device(settings.device)
         self.batch = settings.batch or (16 if self.device != "cpu" else 1)
         from ultralytics import YOLO
@@ -152,9 +153,19 @@ class Predictor:
         train_args = (getattr(torch_model, "ckpt", None) or {}).get("train_args") or {}
         self.imgsz: int = settings.imgsz or int(train_args.get("imgsz") or 640)
         self.runtime = self._pick_runtime(settings.runtime)
-        self.model = (
-            torch_model if self.runtime == "torch" else YOLO(str(self._onnx_path(torch_model)), task=task)
-        )
+        self.onnx_path: Path | None = None
+        if self.runtime == "torch":
+            replicas = [torch_model]
+        else:  # several single-threaded sessions beat one session's intra-op threads on a small model
+            self.onnx_path = self._onnx_path(torch_model)
+            onnx_path = str(self.onnx_path)
+            self.streams = settings.streams or max(1, min(4, os.cpu_count() or 1))
+            replicas = [YOLO(onnx_path, task=task) for _ in range(self.streams)]
+        self.streams = len(replicas)
+        self.model = replicas[0]
+        self._replicas: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for m in replicas:
+            self._replicas.put(m)
         from ultralytics.models import yolo
 
         base = {
@@ -247,22 +258,31 @@ class Predictor:
         Images that failed to fetch come back with their error and no item. Consuming lazily lets
         fetching and decoding of the next images overlap with this forward pass.
         """
+        pending: deque[Future[list[Outcome]]] = deque()
+        pool = ThreadPoolExecutor(max_workers=self.streams, thread_name_prefix="forward")
         chunk: list[Fetched] = []
-        for f in fetched:
-            if not f.ok:
-                yield from self._run(chunk)
-                chunk = []
-                yield Outcome(f)
-                continue
-            chunk.append(f)
-            if len(chunk) >= self.batch:
-                yield from self._run(chunk)
-                chunk = []
-        yield from self._run(chunk)
+        try:
+            for f in fetched:
+                chunk.append(f)
+                if len(chunk) >= self.batch or not f.ok:
+                    pending.append(pool.submit(self._run, chunk))
+                    chunk = []
+                while len(pending) > self.streams or (pending and pending[0].done()):
+                    yield from pending.popleft().result()
+            if chunk:
+                pending.append(pool.submit(self._run, chunk))
+            while pending:
+                yield from pending.popleft().result()
+        finally:
+            for fut in pending:
+                fut.cancel()
+            pool.shutdown(wait=False)
 
-    def _run(self, chunk: list[Fetched]) -> Iterator[Outcome]:
+    def _run(self, chunk: list[Fetched]) -> list[Outcome]:
+        failed = [Outcome(f) for f in chunk if not f.ok]
+        chunk = [f for f in chunk if f.ok]
         if not chunk:
-            return
+            return failed
         s = self.settings
         bgr = [np.ascontiguousarray(f.image[..., ::-1]) for f in chunk]  # type: ignore[index]
         kwargs: dict[str, Any] = dict(
@@ -274,32 +294,34 @@ class Predictor:
             verbose=False,
             batch=self.batch,
         )
-        with self._lock:
-            try:
-                if self._predictor_cls is not None:
-                    results = self.model.predict(bgr, predictor=self._predictor_cls, **kwargs)
-                else:
-                    results = self.model.predict(bgr, **kwargs)
-            except Exception as e:
-                log.exception("model forward failed on %d image(s)", len(chunk))
-                for f in chunk:
-                    yield Outcome(
-                        Fetched(f.uri, error=f"model failed on this image: {type(e).__name__}: {e}")
-                    )
-                return
+        model = (
+            self._replicas.get()
+        )  # each replica runs one forward at a time (predictors aren't thread-safe)
+        try:
+            if self._predictor_cls is not None:
+                results = model.predict(bgr, predictor=self._predictor_cls, **kwargs)
+            else:
+                results = model.predict(bgr, **kwargs)
             if self.runtime == "onnx":
-                self._tune_onnx_session()
-        for f, r in zip(chunk, results, strict=True):
-            yield Outcome(f, self._to_item(f, r))
+                self._tune_onnx_session(model)
+        except Exception as e:
+            log.exception("model forward failed on %d image(s)", len(chunk))
+            return failed + [
+                Outcome(Fetched(f.uri, error=f"model failed on this image: {type(e).__name__}: {e}"))
+                for f in chunk
+            ]
+        finally:
+            self._replicas.put(model)
+        return failed + [Outcome(f, self._to_item(f, r)) for f, r in zip(chunk, results, strict=True)]
 
-    def _tune_onnx_session(self) -> None:
+    def _tune_onnx_session(self, model: Any) -> None:
         """Stop ONNX Runtime's worker threads from spin-waiting between ops.
 
         Spinning keeps both cores busy even while waiting, starving the threads that fetch and
         decode the next images; without it fetching overlaps with inference. Ultralytics builds its
         session with default options, so it is rebuilt once, with the same providers.
         """
-        backend = getattr(getattr(getattr(self.model, "predictor", None), "model", None), "backend", None)
+        backend = getattr(getattr(getattr(model, "predictor", None), "model", None), "backend", None)
         session = getattr(backend, "session", None)
         if session is None or getattr(backend, "_labelloop_tuned", False):
             return
@@ -308,6 +330,7 @@ class Predictor:
         opts = ort.SessionOptions()
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        opts.intra_op_num_threads = max(1, (os.cpu_count() or 1) // self.streams)
         backend.session = ort.InferenceSession(session._model_path, opts, providers=session.get_providers())
         backend._labelloop_tuned = True
 

@@ -20,7 +20,8 @@ def main(weights: str, out: str) -> None:
     model = YOLO(weights)
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 255, (640, 640, 3), dtype=np.uint8) for _ in range(256)]
-    res: dict = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "images": len(imgs), "runs": {}}
+    res: dict = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "images": len(imgs)}
+    res["runs"] = {}
     for imgsz in (320, 640):
         for half in (False, True):
             for batch in (1, 8, 32, 64):

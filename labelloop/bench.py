@@ -4,8 +4,9 @@ Same weights, same images served by a real Label Studio, same run:
 - baseline: a per-task loop that downloads each image and calls ``model.predict`` (PyTorch) on it;
 - labelloop: one POST /predict with every task to the gunicorn backend (image cache disabled, so
   every image is downloaded again);
-- ceiling: the model alone on already-decoded images, one ``predict`` call each, in the runtime the
-  backend uses (ONNX Runtime on CPU), plus PyTorch's for reference.
+- ceiling: the model alone on already-decoded images, the better of Ultralytics' own ONNX Runtime
+  session (one ``predict`` call per image) and labelloop's predictor (parallel single-threaded
+  sessions); PyTorch's forward is reported for reference.
 Each figure is the best of ``repeats`` runs; ratios are against numbers measured in this run.
 """
 
@@ -77,6 +78,12 @@ def bench_predict(settings: Settings, n_tasks: int, out: Path, repeats: int = 3)
 
         decoded = [np.ascontiguousarray(np.asarray(Image.open(p).convert("RGB"))[..., ::-1]) for p in paths]
         onnx = Predictor(weights, settings.model_copy(update={"runtime": "onnx", "device": "cpu"}))
+        plain_onnx = YOLO(str(onnx.onnx_path), task=onnx.task)  # as Ultralytics runs it: one session
+
+        def timed(fn) -> float:  # type: ignore[no-untyped-def]
+            t = time.perf_counter()
+            fn()
+            return time.perf_counter() - t
 
         def forward(model) -> float:  # type: ignore[no-untyped-def]
             t = time.perf_counter()
@@ -117,8 +124,9 @@ def bench_predict(settings: Settings, n_tasks: int, out: Path, repeats: int = 3)
             cold.start()
             warm.start()
             per_task_loop()  # warm-ups: first-call setup is not what we measure
-            forward(onnx.model)
+            forward(plain_onnx)
             forward(torch_model)
+            onnx.predict_arrays(decoded)
             predict_via(cold)
             predict_via(warm)
             times = {
@@ -127,7 +135,8 @@ def bench_predict(settings: Settings, n_tasks: int, out: Path, repeats: int = 3)
                     ("per_task_loop", per_task_loop),
                     ("labelloop_predict", lambda: predict_via(cold)),
                     ("labelloop_predict_cached_images", lambda: predict_via(warm)),
-                    ("ceiling_onnx_forward", lambda: forward(onnx.model)),
+                    ("ceiling_onnx_forward", lambda: forward(plain_onnx)),
+                    ("predictor_on_decoded_images", lambda: timed(lambda: onnx.predict_arrays(decoded))),
                     ("torch_forward", lambda: forward(torch_model)),
                 )
             }
@@ -136,6 +145,7 @@ def bench_predict(settings: Settings, n_tasks: int, out: Path, repeats: int = 3)
             warm.stop()
 
     ips = {k: n_tasks / v for k, v in times.items()}
+    ceiling = max(ips["ceiling_onnx_forward"], ips["predictor_on_decoded_images"])
     result = {
         "tasks": n_tasks,
         "image_size": "640x640 JPEG",
@@ -144,10 +154,9 @@ def bench_predict(settings: Settings, n_tasks: int, out: Path, repeats: int = 3)
         "machine": f"{platform.machine()} {platform.processor() or ''} cpus={__import__('os').cpu_count()}",
         "images_per_s": {k: round(v, 2) for k, v in ips.items()},
         "speedup_vs_per_task_loop": round(ips["labelloop_predict"] / ips["per_task_loop"], 2),
-        "fraction_of_ceiling": round(ips["labelloop_predict"] / ips["ceiling_onnx_forward"], 3),
-        "fraction_of_ceiling_cached_images": round(
-            ips["labelloop_predict_cached_images"] / ips["ceiling_onnx_forward"], 3
-        ),
+        "ceiling_images_per_s": round(ceiling, 2),
+        "fraction_of_ceiling": round(ips["labelloop_predict"] / ceiling, 3),
+        "fraction_of_ceiling_cached_images": round(ips["labelloop_predict_cached_images"] / ceiling, 3),
         "targets": {"speedup_vs_per_task_loop": 2.0, "fraction_of_ceiling": 0.85},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -156,7 +165,7 @@ def bench_predict(settings: Settings, n_tasks: int, out: Path, repeats: int = 3)
         console.print(f"{k:>22}: {v:8.2f} images/s")
     console.print(
         f"labelloop /predict vs per-task loop: [bold]{result['speedup_vs_per_task_loop']}x[/] (target 2x); "
-        f"of the ONNX forward ceiling: [bold]{result['fraction_of_ceiling'] * 100:.0f}%[/] (target 85%)"
+        f"of the decoded-image ceiling: [bold]{result['fraction_of_ceiling'] * 100:.0f}%[/] (target 85%)"
     )
     console.print(f"written to {out}")
     return result

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     iou: float = Field(0.7, ge=0.0, le=1.0)
     max_det: int = Field(300, ge=1)
     batch: int = Field(0, ge=0, description="images per forward; 0 = 1 on CPU, 16 on GPU")
+    streams: int = Field(
+        0, ge=0, le=64, description="parallel ONNX sessions on CPU; 0 = one per core (max 4)"
+    )
     label_map: dict[str, str] = Field(default_factory=dict, description="model class -> platform label")
 
     # image fetching
