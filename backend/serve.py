@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import requests
 from labelloop.connectors.labelstudio_server import free_port
 
 from labelloop.errors import RemoteError
+from labelloop.procs import spawn, stop_group, tail
 from labelloop.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -117,13 +117,7 @@ class BackendProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 120) -> BackendProcess:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "labelloop.cli", "serve"],
-            env=self.env,
-            stdout=open(self.log_path, "wb"),  # noqa: SIM115 - the child owns it
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.proc = spawn([sys.executable, "-m", "labelloop.cli", "serve"], self.env, self.log_path)
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:
@@ -139,12 +133,8 @@ class BackendProcess:
         raise RemoteError(f"the ML backend was not ready in {timeout:.0f}s:\n{self.log()}")
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
+        return tail(self.log_path)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_group(self.proc)
+        self.proc = None

@@ -17,6 +17,7 @@ from pathlib import Path
 import requests
 
 from labelloop.errors import ConfigError, RemoteError
+from labelloop.procs import spawn, stop_group, tail
 
 ROOT = Path(__file__).resolve().parent.parent
 OFFLINE_ENV = {
@@ -89,6 +90,9 @@ class LabelStudioServer:
         )
         return env
 
+    def _user_args(self) -> list[str]:
+        return ["--username", self.username, "--password", self.password, "--user-token", self.token]
+
     def _template(self) -> Path:
         version = self.exe.resolve().parent.parent.name
         tpl = self.cache_dir / f"ls-template-{version}-{self.username}-{self.token[:8]}"
@@ -98,19 +102,7 @@ class LabelStudioServer:
         (tpl / "data").mkdir(parents=True)
         env = {**self._env(), "LABEL_STUDIO_BASE_DATA_DIR": str(tpl / "data")}
         r = subprocess.run(
-            [
-                str(self.exe),
-                "init",
-                "--data-dir",
-                str(tpl / "data"),
-                "--username",
-                self.username,
-                "--password",
-                self.password,
-                "--user-token",
-                self.token,
-                "--no-browser",
-            ],
+            [str(self.exe), "init", "--data-dir", str(tpl / "data"), *self._user_args(), "--no-browser"],
             env=env,
             capture_output=True,
             text=True,
@@ -126,8 +118,7 @@ class LabelStudioServer:
         self.document_root.mkdir(parents=True, exist_ok=True)
         if not self.data_dir.exists():
             shutil.copytree(self._template() / "data", self.data_dir)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child process owns it
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             [
                 str(self.exe),
                 "start",
@@ -138,18 +129,11 @@ class LabelStudioServer:
                 str(self.port),
                 "--data-dir",
                 str(self.data_dir),
-                "--username",
-                self.username,
-                "--password",
-                self.password,
-                "--user-token",
-                self.token,
+                *self._user_args(),
                 "--enable-legacy-api-token",
             ],
-            env=self._env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            self._env(),
+            self.log_path,
         )
         end = time.monotonic() + timeout
         while time.monotonic() < end:
@@ -174,19 +158,10 @@ class LabelStudioServer:
         return {"Authorization": f"Token {self.token}"}
 
     def log_tail(self, n: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
+        return tail(self.log_path, n)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, 15)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait()
+        stop_group(self.proc, timeout=20)
         self.proc = None
 
     def __enter__(self) -> LabelStudioServer:

@@ -36,10 +36,12 @@ what="${1:-all}"
 if [ "$what" = all ] || [ "$what" = main ]; then
   ensure_venv "$cache/venv-main" "$(cat pyproject.toml | sha256sum | cut -c1-16)" install_main
   ln -sfn "$cache/venv-main" "$root/.venv"
-  # the editable install points at one checkout; repoint it when this venv was built from another clone
-  if ! .venv/bin/python - "$root" <<'PY' 2>/dev/null; then
-import os, sys, labelloop
-sys.exit(0 if os.path.realpath(labelloop.__file__).startswith(os.path.realpath(sys.argv[1])) else 1)
+  # the editable install points at one checkout; repoint it when this venv was built from another
+  # clone (checked from / so the current directory can't shadow the installed mapping)
+  if ! (cd / && "$root/.venv/bin/python" - "$root" <<'PY' 2>/dev/null); then
+import os, sys
+import labelloop.backend
+sys.exit(0 if os.path.realpath(labelloop.backend.__file__).startswith(os.path.realpath(sys.argv[1]) + os.sep) else 1)
 PY
     quiet .venv/bin/python -m pip install -q --no-deps -e .
   fi
