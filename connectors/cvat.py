@@ -634,7 +634,9 @@ class CvatConnector:
                 src = _source(obj)
                 machine = src in MACHINE_SOURCES
                 shapes, tags = ([d], []) if kind == "shapes" else ([], [d])
-                for r in fmt.cvat_to_regions(shapes, tags, label_names):
+                f = d["frame"]
+                size = (int(meta[f].width), int(meta[f].height)) if f < len(meta) else (None, None)
+                for r in fmt.cvat_to_regions(shapes, tags, label_names, width=size[0], height=size[1]):
                     p = Provenance(source=Source.PRELABEL if machine else Source.HUMAN, **prov)
                     attrs = {**r.attributes, "cvat_source": src}
                     rid = r.id or f"cvat:{kind[:-1]}:{d.get('id')}"
