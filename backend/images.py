@@ -44,7 +44,7 @@ class LabelStudioAccess:
     token: str | None = None
 
     def auth_header(self) -> dict[str, str]:
-        return auth_header(self.token)
+        return auth_header(self.token, self.url)
 
 
 @dataclass
@@ -322,4 +322,4 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise FetchError(f"not a readable image: {e}") from e
     except ImportError as e:  # Ultralytics' Image.open patch tries an optional HEIF plugin on unknown data
-        raise FetchError(f"not a readable image (unknown format; {e})") from e
+        raise FetchError("not a readable image: the data is in no format Pillow can decode") from e

@@ -35,7 +35,7 @@ def bench_predict(settings: Settings, n_tasks: int, out: Path, repeats: int = 3)
     from labelloop.backend.serve import BackendProcess
     from labelloop.cli import resolve_weights
     from labelloop.connectors.formats.labelstudio import generate_label_config
-    from labelloop.connectors.labelstudio import ProjectSetup
+    from labelloop.connectors.labelstudio import LabelStudioConnector
     from labelloop.connectors.labelstudio_server import LabelStudioServer
 
     weights = resolve_weights(settings)
@@ -49,7 +49,7 @@ def bench_predict(settings: Settings, n_tasks: int, out: Path, repeats: int = 3)
         paths.append(p)
 
     with LabelStudioServer(work / "ls") as ls:
-        client = ProjectSetup(ls.url, ls.token)
+        client = LabelStudioConnector(ls.url, ls.token)
         from ultralytics import YOLO
 
         torch_model = YOLO(str(weights))

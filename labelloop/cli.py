@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +16,7 @@ import typer
 from rich.console import Console
 
 from labelloop.errors import LabelloopError
+from labelloop.prelabel import Summary
 from labelloop.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -124,6 +127,156 @@ def demo(
     run_demo(
         load_settings(), port=port, backend_port=backend_port, n_images=images, keep_running=keep_running
     )
+
+
+Target = Annotated[str, typer.Option("--target", "-t", help="labelstudio or cvat")]
+
+
+def _platform(target: str, url: str | None, token: str | None) -> dict[str, str]:
+    """Settings overrides for the chosen platform (CVAT reads CVAT_* from the environment)."""
+    if target not in ("labelstudio", "cvat"):
+        raise LabelloopError(f"--target must be labelstudio or cvat, not {target!r}")
+    if target == "cvat":
+        os.environ.update({k: v for k, v in (("CVAT_URL", url), ("CVAT_ACCESS_TOKEN", token)) if v})
+        return {}
+    return {k: v for k, v in (("label_studio_url", url), ("label_studio_token", token)) if v}
+
+
+@contextlib.contextmanager
+def _bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+def _print_summary(summary: Summary, json_out: Path | None) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{summary.target}", show_header=False)
+    for k, v in {**summary.where, **summary.counts}.items():
+        table.add_row(k, str(v))
+    Console().print(table)
+    for note in summary.notes:
+        Console().print(f"- {note}")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(summary.to_json())
+
+
+@app.command()
+def prelabel(
+    target: Target,
+    images: Annotated[
+        list[Path] | None, typer.Option("--images", "-i", help="image files or folders (repeatable)")
+    ] = None,
+    project: Annotated[
+        int | None,
+        typer.Option(help="Label Studio project (default: create one); CVAT project of a new task"),
+    ] = None,
+    task: Annotated[int | None, typer.Option(help="CVAT task to prelabel (default: create one)")] = None,
+    title: Annotated[
+        str | None, typer.Option(help="title of a new project (Label Studio) or task (CVAT)")
+    ] = None,
+    urls: Annotated[
+        Path | None, typer.Option(help="Label Studio: file of image URLs / s3:// gs:// URIs, one per line")
+    ] = None,
+    local_dir: Annotated[
+        Path | None, typer.Option(help="Label Studio: a folder under its LOCAL_FILES_DOCUMENT_ROOT to import")
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option(help="platform URL (LABELLOOP_LABEL_STUDIO_URL / CVAT_URL)")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(help="platform token (LABELLOOP_LABEL_STUDIO_TOKEN / CVAT_ACCESS_TOKEN)")
+    ] = None,
+    journal: Annotated[Path | None, typer.Option(help="resume journal (default: in the cache dir)")] = None,
+    chunk: Annotated[int, typer.Option(min=1, help="tasks predicted and pushed per step")] = 200,
+    segment_size: Annotated[int | None, typer.Option(help="CVAT: frames per job of a new task")] = None,
+    uncertainty_field: Annotated[
+        str, typer.Option(help="Label Studio task data field for the image score ('' = none)")
+    ] = "uncertainty",
+    skip_unmapped: Annotated[
+        bool, typer.Option(help="leave out classes the target has no label for instead of stopping")
+    ] = False,
+    model: ModelOpt = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the summary as JSON")] = None,
+) -> None:
+    """Prelabel a pool of images in Label Studio or CVAT, with scores, in bulk and resumably."""
+    _logging()
+    from labelloop.prelabel import prelabel_cvat, prelabel_labelstudio
+
+    settings = load_settings(model=model, **_platform(target, url, token))
+    weights = resolve_weights(settings)
+    if target == "labelstudio":
+        url_list = [u.strip() for u in urls.read_text().splitlines() if u.strip()] if urls else []
+        summary = prelabel_labelstudio(
+            settings,
+            weights,
+            project=project,
+            title=title,
+            images=images or [],
+            urls=url_list,
+            local_dir=local_dir,
+            journal=journal,
+            chunk=chunk,
+            uncertainty_field=uncertainty_field or None,
+            skip_unmapped=skip_unmapped,
+            bar=_bar,
+        )
+    else:
+        if not images:
+            raise LabelloopError(
+                "--target cvat needs --images: the files to predict (and upload for a new task)"
+            )
+        summary = prelabel_cvat(
+            settings,
+            weights,
+            images,
+            task=task,
+            name=title,
+            project=project,
+            segment_size=segment_size,
+            journal=journal,
+            skip_unmapped=skip_unmapped,
+            bar=_bar,
+        )
+    _print_summary(summary, json_out)
+
+
+@app.command()
+def pull(
+    target: Target,
+    out: Annotated[Path, typer.Option("--out", "-o", help="JSON lines of changed annotations (canonical)")],
+    project: Annotated[int | None, typer.Option(help="Label Studio project")] = None,
+    task: Annotated[int | None, typer.Option(help="CVAT task")] = None,
+    cursor: Annotated[
+        Path | None, typer.Option(help="cursor file: read to pull only what changed, updated after")
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option(help="platform URL (LABELLOOP_LABEL_STUDIO_URL / CVAT_URL)")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(help="platform token (LABELLOOP_LABEL_STUDIO_TOKEN / CVAT_ACCESS_TOKEN)")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the summary as JSON")] = None,
+) -> None:
+    """Dump annotations changed since the cursor, with who, when and QA state, as JSON lines."""
+    _logging()
+    from labelloop.prelabel import pull_cvat, pull_labelstudio
+
+    settings = load_settings(**_platform(target, url, token))
+    if target == "labelstudio":
+        if project is None:
+            raise LabelloopError("--target labelstudio needs --project")
+        summary = pull_labelstudio(settings, project, out, cursor, bar=_bar)
+    else:
+        if task is None:
+            raise LabelloopError("--target cvat needs --task")
+        summary = pull_cvat(settings, task, out, cursor, bar=_bar)
+    _print_summary(summary, json_out)
 
 
 @bench_app.command("predict")

@@ -18,7 +18,7 @@ def run_demo(settings: Settings, port: int, backend_port: int, n_images: int, ke
     from labelloop.backend.serve import BackendProcess
     from labelloop.cli import resolve_weights
     from labelloop.connectors.formats.labelstudio import generate_label_config
-    from labelloop.connectors.labelstudio import ProjectSetup
+    from labelloop.connectors.labelstudio import LabelStudioConnector
     from labelloop.connectors.labelstudio_server import LabelStudioServer, free_port
 
     weights = resolve_weights(settings)
@@ -41,7 +41,7 @@ def run_demo(settings: Settings, port: int, backend_port: int, n_images: int, ke
             backend = BackendProcess(
                 work / "backend", weights, settings.redis_url, port=_free_or(backend_port, free_port)
             ).start()
-        client = ProjectSetup(ls.url, ls.token)
+        client = LabelStudioConnector(ls.url, ls.token)
         from ultralytics import YOLO  # only for the class names; the backend has its own copy loaded
 
         names = list(YOLO(str(weights)).names.values())

@@ -19,4 +19,11 @@ class FetchError(LabelloopError):
 
 
 class RemoteError(LabelloopError):
-    """A labeling platform (Label Studio, CVAT) that is unreachable or answered with an error."""
+    """A labeling platform (Label Studio, CVAT) that is unreachable or answered with an error.
+
+    ``status`` is the HTTP status when there was an answer, so callers can tell a refused
+    payload (4xx: retrying cannot help) from a server or network failure."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

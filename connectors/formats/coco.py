@@ -26,10 +26,10 @@ start at 1.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
+from labelloop.connectors.formats.canonical import provenance_from_dict, provenance_to_dict
 from labelloop.connectors.formats.common import (
     keypoints_box,
     kind_error,
@@ -48,10 +48,8 @@ from labelloop.types import (
     Keypoints,
     Mask,
     Polygon,
-    Provenance,
     Region,
     RotatedBox,
-    Source,
 )
 
 KINDS = ("box", "rotated_box", "polygon", "mask", "keypoints")
@@ -83,20 +81,6 @@ def _polygon_area(pts: np.ndarray) -> float:
 
 def _xywh(b: Box) -> list[float]:
     return [float(b.x1), float(b.y1), float(b.w), float(b.h)]
-
-
-def _provenance_dict(p: Provenance) -> dict[str, Any]:
-    default = Provenance()
-    return {k: (str(v) if k == "source" else v) for k, v in asdict(p).items() if v != getattr(default, k)}
-
-
-def _provenance_from(d: Mapping[str, Any] | None) -> Provenance:
-    if not d:
-        return Provenance()
-    d = dict(d)
-    if "source" in d:
-        d["source"] = Source(d["source"])
-    return Provenance(**d)
 
 
 def region_to_coco(region: Region, width: int, height: int) -> dict[str, Any]:
@@ -142,7 +126,7 @@ def region_to_coco(region: Region, width: int, height: int) -> dict[str, Any]:
     if attributes:
         ann["attributes"] = attributes
     extra = {
-        "provenance": _provenance_dict(region.provenance),
+        "provenance": provenance_to_dict(region.provenance),
         "id": region.id,
         "probs": region.probs,
     }
@@ -235,7 +219,7 @@ def coco_to_region(
         geometry,
         score=ann.get("score"),
         probs=extra.get("probs"),
-        provenance=_provenance_from(extra.get("provenance")),
+        provenance=provenance_from_dict(extra.get("provenance")),
         id=extra.get("id"),
         attributes=attributes,
     )
