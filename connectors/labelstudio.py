@@ -531,6 +531,7 @@ class LabelStudioConnector(LabelStudioClient):
             image_key = next(iter(images.values()), "image")
         users = self.users()
         reviews_available = self.edition.lower() == "enterprise"
+        trail = self._reviews(project, users) if reviews_available else {}
         items: list[ImageItem] = []
         changed: dict[int, list[int]] = {}
         for task in self.tasks(project, since=cursor.since):
@@ -539,12 +540,12 @@ class LabelStudioConnector(LabelStudioClient):
             anns = sorted(task.get("annotations") or [], key=lambda a: int(a["id"]))
             changed[tid] = [int(a["id"]) for a in anns]
             for ann in anns:
-                reviews = self._reviews(int(ann["id"]), users) if reviews_available else None
-                accepted = [r for r in reviews or [] if r.get("accepted")]
+                reviews = trail.get(int(ann["id"]), []) if reviews_available else None
+                last = reviews[-1] if reviews else None
                 prov = Provenance(
                     source=Source.HUMAN,
                     annotator=self._user(users, ann.get("completed_by")),
-                    reviewer=accepted[-1]["reviewer"] if accepted else None,
+                    reviewer=last["reviewer"] if last and last["accepted"] else None,
                     created_at=ann.get("created_at"),
                     updated_at=ann.get("updated_at"),
                 )
@@ -565,6 +566,9 @@ class LabelStudioConnector(LabelStudioClient):
                 }
                 if reviews is not None:
                     meta["reviews"] = reviews
+                    meta["review_state"] = (
+                        None if last is None else "accepted" if last["accepted"] else "rejected"
+                    )
                 items.append(
                     ImageItem(
                         uri=str((task.get("data") or {}).get(image_key) or ""),
@@ -577,19 +581,22 @@ class LabelStudioConnector(LabelStudioClient):
         since = started.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000000Z")
         return PullResult(items, changed, PullCursor(since), self.edition, reviews_available, users)
 
-    def _reviews(self, annotation: int, users: dict[int, str]) -> list[dict[str, Any]]:
-        """Enterprise review trail of one annotation: who accepted or rejected it, when, and why."""
-        data = self.request("GET", "/api/annotation-reviews/", params={"annotation": annotation}) or []
-        rows = data.get("results", []) if isinstance(data, dict) else data
-        return [
-            {
-                "reviewer": self._user(users, r.get("created_by")),
-                "accepted": bool(r.get("accepted")),
-                "created_at": r.get("created_at"),
-                "comment": r.get("comment"),
-            }
-            for r in sorted(rows, key=lambda r: r.get("created_at") or "")
-        ]
+    def _reviews(self, project: int, users: dict[int, str]) -> dict[int, list[dict[str, Any]]]:
+        """Enterprise review trail per annotation (who accepted or rejected it, when), one call for
+        the whole project (``annotation__task__project``) instead of one per annotation."""
+        data = self.request("GET", "/api/annotation-reviews/", params={"annotation__task__project": project})
+        rows = data.get("results", []) if isinstance(data, dict) else data or []
+        out: dict[int, list[dict[str, Any]]] = {}
+        for r in sorted(rows, key=lambda r: (r.get("created_at") or "", r.get("id") or 0)):
+            out.setdefault(int(r["annotation"]), []).append(
+                {
+                    "reviewer": self._user(users, r.get("created_by")),
+                    "accepted": r.get("accepted"),
+                    "created_at": r.get("created_at"),
+                    "comment": r.get("comment"),
+                }
+            )
+        return out
 
 
 def _user_name(u: Mapping[str, Any]) -> str:

@@ -378,3 +378,47 @@ def test_prelabel_and_pull_commands(tmp_path: Path, label_studio, demo_weights, 
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert r.returncode == 2 and "unreachable" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_enterprise_reviews_are_read_when_the_server_has_them(label_studio, proxy) -> None:  # type: ignore[no-untyped-def]
+    """Reviews exist only in Label Studio Enterprise, which cannot run here: the proxy answers
+    ``/api/version`` with edition Enterprise and ``/api/annotation-reviews/`` with rows shaped as
+    the published API reference's ``AnnotationReview``; everything else is the real server."""
+    direct = LabelStudioConnector(label_studio.url, label_studio.token)
+    project = direct.create_project("reviews", CONFIG)
+    ids = direct.import_tasks(project, [{"image": f"https://example.com/r{i}.jpg"} for i in range(3)])
+    anns = [
+        direct.request("POST", f"/api/tasks/{t}/annotations", json={"result": [rect("circle")]}) for t in ids
+    ]
+    real_version = direct.request("GET", "/api/version")
+    me = next(iter(direct.users()))
+
+    def review(i: int, annotation: int, accepted: bool, at: str) -> dict:
+        return {
+            "id": i, "annotation": annotation, "created_by": me, "created_at": at, "accepted": accepted,
+            "state": "accepted" if accepted else "rejected", "result": None, "started_at": None,
+            "remove_from_queue": None, "last_annotation_history": None, "fixed_annotation_history": None,
+            "previous_annotation_history": None,
+        }  # fmt: skip
+
+    asked: list[str] = []
+
+    def reviews(_: bytes) -> tuple[int, object]:
+        asked.append("reviews")
+        return 200, [
+            review(1, anns[0]["id"], False, "2026-01-01T10:00:00Z"),
+            review(2, anns[0]["id"], True, "2026-01-01T11:00:00Z"),  # rejected, fixed, then accepted
+            review(3, anns[1]["id"], False, "2026-01-01T10:30:00Z"),
+        ]
+
+    proxy.override("GET", "/api/version", lambda _: (200, {**real_version, "edition": "Enterprise"}))
+    proxy.override("GET", "/api/annotation-reviews/", reviews)
+    res = LabelStudioConnector(proxy.url, label_studio.token).pull(project)
+    assert res.edition == "Enterprise" and res.reviews_available and asked == ["reviews"]  # one call
+    by_ann = {it.metadata["ls_annotation_id"]: it for it in res.items}
+    a0, a1, a2 = (by_ann[a["id"]] for a in anns)
+    assert [r["accepted"] for r in a0.metadata["reviews"]] == [False, True]
+    assert a0.metadata["review_state"] == "accepted"
+    assert a0.regions[0].provenance.reviewer == "demo@labelloop.dev"
+    assert a1.metadata["review_state"] == "rejected" and a1.regions[0].provenance.reviewer is None
+    assert a2.metadata["reviews"] == [] and a2.metadata["review_state"] is None
