@@ -33,6 +33,10 @@ from labelloop.errors import FetchError
 from labelloop.settings import Settings
 
 log = logging.getLogger(__name__)
+LABEL_STUDIO_PATHS = ("/data/", "/tasks/", "/storage-data/")
+"""Relative URLs Label Studio gives for its files: uploads and local files (``/data/...``) and
+cloud-storage objects (``/tasks/{id}/resolve/?fileuri=...``, answered with a redirect to a
+presigned URL, which is fetched without the token and checked like any other URL)."""
 Image.MAX_IMAGE_PIXELS = None  # we check pixels ourselves, with the configured limit and a clear message
 
 
@@ -195,7 +199,7 @@ class ImageFetcher:
         if not uri or not isinstance(uri, str):
             raise FetchError(f"task has no image reference (got {uri!r})")
         parsed = urlparse(uri)
-        if uri.startswith("/data/") or (
+        if uri.startswith(LABEL_STUDIO_PATHS) or (
             parsed.scheme in ("http", "https") and self._is_label_studio(uri, ls)
         ):
             if ls is None:

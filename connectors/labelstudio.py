@@ -350,7 +350,7 @@ class LabelStudioConnector(LabelStudioClient):
             "title": title or Path(path).name,
         }
         try:
-            storage = self.request("POST", "/api/storages/localfiles", json=body)
+            storage = self.request("POST", "/api/storages/localfiles", retries=0, json=body)
         except RemoteError as e:
             raise RemoteError(
                 f"{e}. Local files need LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and the folder "
@@ -382,7 +382,14 @@ class LabelStudioConnector(LabelStudioClient):
             "title": options.pop("title", uri),
             **options,
         }
-        storage = self.request("POST", f"/api/storages/{kind}", json=body)
+        try:  # not retried: Label Studio checks the connection first, and its failure is final
+            storage = self.request("POST", f"/api/storages/{kind}", retries=0, json=body)
+        except RemoteError as e:
+            raise RemoteError(
+                f"Label Studio could not connect {uri} as {kind} storage; check the bucket, prefix, "
+                f"credentials and endpoint options ({e})",
+                e.status,
+            ) from e
         self.request("POST", f"/api/storages/{kind}/{storage['id']}/sync")
         return int(storage["id"])
 

@@ -61,3 +61,36 @@ def backend_factory(tmp_path: Path, demo_weights: Path, redis_url: str):  # type
     yield start
     for b in started:
         b.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """An S3-compatible server (moto's, run as a real HTTP process) for cloud-storage imports:
+    AWS itself is unreachable here, and Label Studio and boto3 talk to it as to any S3 endpoint."""
+    import sys
+
+    from labelloop.connectors.labelstudio_server import free_port
+
+    from labelloop.procs import spawn, stop_group, tail
+    from tests.helpers import wait_for
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("s3") / "moto.log"
+    proc = spawn(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], dict(os.environ), log
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        import requests
+
+        if proc.poll() is not None:
+            raise AssertionError(f"moto S3 server exited (is moto[server] installed?):\n{tail(log)}")
+        try:
+            return requests.get(url, timeout=1).status_code < 500
+        except requests.RequestException:
+            return False
+
+    wait_for(up, 60, what="the S3 test server")
+    yield url
+    stop_group(proc)

@@ -422,3 +422,35 @@ def test_enterprise_reviews_are_read_when_the_server_has_them(label_studio, prox
     assert a0.regions[0].provenance.reviewer == "demo@labelloop.dev"
     assert a1.metadata["review_state"] == "rejected" and a1.regions[0].provenance.reviewer is None
     assert a2.metadata["reviews"] == [] and a2.metadata["review_state"] is None
+
+
+def test_cloud_storage_import_and_prelabel(
+    tmp_path: Path, label_studio, s3_server, demo_weights, cache_dir
+) -> None:  # type: ignore[no-untyped-def]
+    """S3 bucket -> Label Studio import storage -> tasks with s3:// URIs -> the backend reads them
+    through Label Studio's presigned redirect (the S3 server is local, so private URLs are allowed)."""
+    import boto3
+
+    creds = {"aws_access_key_id": "test", "aws_secret_access_key": "test", "region_name": "us-east-1"}
+    s3 = boto3.client("s3", endpoint_url=s3_server, **creds)
+    s3.create_bucket(Bucket="pool")
+    for p in images(tmp_path / "s3", 3):
+        s3.upload_file(str(p), "pool", f"batch1/{p.name}")
+    s3.put_object(Bucket="pool", Key="batch1/readme.txt", Body=b"left out by the regex")
+
+    conn = LabelStudioConnector(label_studio.url, label_studio.token)
+    project = conn.create_project("from s3", CONFIG)
+    conn.add_cloud_storage(project, "s3://pool/batch1/", s3_endpoint=s3_server, **creds)
+    tasks = list(conn.tasks(project, include="id,data"))
+    assert len(tasks) == 3 and all("/resolve/" in t["data"]["image"] for t in tasks)
+
+    s = settings_for(label_studio, cache_dir).model_copy(update={"allow_private_urls": True})
+    done = prelabel_labelstudio(s, demo_weights, project=project, journal=tmp_path / "j.json")
+    assert done.counts["written"] == 3 and done.counts["image_failures"] == 0
+    assert sum(bool(p["result"]) for p in all_predictions(label_studio, project)) >= 2
+
+    with pytest.raises(
+        RemoteError, match=r"could not connect s3://no-such-bucket/x/.*credentials and endpoint"
+    ):
+        conn.add_cloud_storage(project, "s3://no-such-bucket/x/", s3_endpoint=s3_server, **creds)
+    assert len(conn.request("GET", "/api/storages/s3", params={"project": project})) == 1
