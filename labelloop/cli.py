@@ -130,6 +130,11 @@ def demo(
 
 
 Target = Annotated[str, typer.Option("--target", "-t", help="labelstudio or cvat")]
+UrlOpt = Annotated[str | None, typer.Option(help="platform URL (LABELLOOP_LABEL_STUDIO_URL / CVAT_URL)")]
+TokenOpt = Annotated[
+    str | None, typer.Option(help="platform token (LABELLOOP_LABEL_STUDIO_TOKEN / CVAT_ACCESS_TOKEN)")
+]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="also write the summary as JSON")]
 
 
 def _platform(target: str, url: str | None, token: str | None) -> dict[str, str]:
@@ -186,12 +191,8 @@ def prelabel(
     local_dir: Annotated[
         Path | None, typer.Option(help="Label Studio: a folder under its LOCAL_FILES_DOCUMENT_ROOT to import")
     ] = None,
-    url: Annotated[
-        str | None, typer.Option(help="platform URL (LABELLOOP_LABEL_STUDIO_URL / CVAT_URL)")
-    ] = None,
-    token: Annotated[
-        str | None, typer.Option(help="platform token (LABELLOOP_LABEL_STUDIO_TOKEN / CVAT_ACCESS_TOKEN)")
-    ] = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
     journal: Annotated[Path | None, typer.Option(help="resume journal (default: in the cache dir)")] = None,
     chunk: Annotated[int, typer.Option(min=1, help="tasks predicted and pushed per step")] = 200,
     segment_size: Annotated[int | None, typer.Option(help="CVAT: frames per job of a new task")] = None,
@@ -202,7 +203,7 @@ def prelabel(
         bool, typer.Option(help="leave out classes the target has no label for instead of stopping")
     ] = False,
     model: ModelOpt = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="also write the summary as JSON")] = None,
+    json_out: JsonOpt = None,
 ) -> None:
     """Prelabel a pool of images in Label Studio or CVAT, with scores, in bulk and resumably."""
     _logging()
@@ -255,13 +256,9 @@ def pull(
     cursor: Annotated[
         Path | None, typer.Option(help="cursor file: read to pull only what changed, updated after")
     ] = None,
-    url: Annotated[
-        str | None, typer.Option(help="platform URL (LABELLOOP_LABEL_STUDIO_URL / CVAT_URL)")
-    ] = None,
-    token: Annotated[
-        str | None, typer.Option(help="platform token (LABELLOOP_LABEL_STUDIO_TOKEN / CVAT_ACCESS_TOKEN)")
-    ] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="also write the summary as JSON")] = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    json_out: JsonOpt = None,
 ) -> None:
     """Dump annotations changed since the cursor, with who, when and QA state, as JSON lines."""
     _logging()

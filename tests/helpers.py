@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from labelloop.backend.serve import BackendProcess  # noqa: F401 - re-exported for the tests
 
@@ -26,3 +27,23 @@ def wait_for(pred, timeout: float, every: float = 0.5, what: str = "condition"):
             return last
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def shape_images(d: Path, n: int, *, size: int = 320, seed: int = 7, broken: int = 0) -> list[Path]:
+    """``n`` JPEGs of the demo model's shapes (so predictions are non-trivial), plus ``broken``
+    files that claim to be JPEGs and are not."""
+    import numpy as np
+    from labelloop.backend.demo_model import render_shapes
+
+    rng = np.random.default_rng(seed)
+    d.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = d / f"shapes_{i:03d}.jpg"
+        render_shapes(rng, size)[0].save(p, quality=90)
+        paths.append(p)
+    for i in range(broken):
+        p = d / f"broken_{i}.jpg"
+        p.write_bytes(b"\xff\xd8 this is not a jpeg")
+        paths.append(p)
+    return paths

@@ -12,14 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from cvat_sdk import make_client, models
-from labelloop.backend.demo_model import render_shapes
 from labelloop.connectors.formats.canonical import item_from_dict
 
 from labelloop.types import Source
 from tests.cvat_peer import CvatPeer
+from tests.helpers import shape_images
 
 CMD = [sys.executable, "-m", "labelloop.cli"]
 
@@ -35,12 +34,8 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def test_prelabel_then_pull_cvat(tmp_path: Path, peer: CvatPeer, demo_weights: Path, cache_dir: Path) -> None:
-    rng = np.random.default_rng(5)
     pool = tmp_path / "pool"
-    pool.mkdir()
-    for i in range(6):
-        render_shapes(rng, 320)[0].save(pool / f"f{i}.jpg", quality=90)
-    (pool / "corrupt.jpg").write_bytes(b"\xff\xd8 truncated")
+    shape_images(pool, 6, seed=5, broken=1)
     env = {
         **os.environ,
         "CVAT_URL": peer.url,
@@ -55,7 +50,7 @@ def test_prelabel_then_pull_cvat(tmp_path: Path, peer: CvatPeer, demo_weights: P
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads(summary_path.read_text())
     assert (s["images"], s["predicted"], s["image_failures"], s["pushed_frames"]) == (7, 6, 1, 6)
-    assert any("corrupt.jpg" in n for n in s["notes"])
+    assert any("broken_0.jpg" in n for n in s["notes"])
     task = s["task"]
     shapes = list(peer.shapes[task].values())
     assert len(shapes) == s["shapes"] > 0

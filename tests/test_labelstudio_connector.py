@@ -14,10 +14,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 import requests
-from labelloop.backend.demo_model import CLASSES, render_shapes
+from labelloop.backend.demo_model import CLASSES
 from labelloop.connectors.formats.canonical import item_from_dict
 from labelloop.connectors.formats.labelstudio import generate_label_config
 from labelloop.connectors.labelstudio import LabelStudioConnector, PullCursor
@@ -28,24 +27,10 @@ from labelloop.prelabel import prelabel_labelstudio
 from labelloop.settings import Settings
 from labelloop.types import Source
 from tests.faulty_proxy import FaultyProxy
+from tests.helpers import shape_images
 
 pytestmark = pytest.mark.labelstudio
 CONFIG = generate_label_config("detect", list(CLASSES))
-
-
-def images(d: Path, n: int, seed: int = 3, broken: int = 0) -> list[Path]:
-    rng = np.random.default_rng(seed)
-    d.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i in range(n):
-        p = d / f"img_{i:03d}.jpg"
-        render_shapes(rng, 320)[0].save(p, quality=90)
-        out.append(p)
-    for i in range(broken):
-        p = d / f"broken_{i}.jpg"
-        p.write_bytes(b"\xff\xd8 this is not a jpeg")
-        out.append(p)
-    return out
 
 
 def rect(label: str, x: float = 10.0) -> dict:
@@ -94,11 +79,11 @@ def settings_for(ls, cache_dir: Path) -> Settings:  # type: ignore[no-untyped-de
 
 def test_import_uploads_urls_cloud_uris_and_local_storage(tmp_path: Path, label_studio, conn) -> None:  # type: ignore[no-untyped-def]
     project = conn.create_project("imports", CONFIG)
-    up = conn.upload_images(project, images(tmp_path / "up", 3))
+    up = conn.upload_images(project, shape_images(tmp_path / "up", 3))
     uris = ["https://example.com/a.jpg", "s3://bucket/pool/b.jpg", "gs://bucket/c.png"]
     by_uri = conn.import_tasks(project, [{"image": u} for u in uris])
     local = label_studio.document_root / "pool"
-    images(local, 4, seed=9)
+    shape_images(local, 4, seed=9)
     (local / "notes.txt").write_text("not an image: the storage regex leaves it out")
     conn.add_local_storage(project, local)
     tasks = list(conn.tasks(project, include="id,data,storage_filename"))
@@ -128,7 +113,7 @@ def test_prelabel_pool_scores_field_view_and_rerun(
 ) -> None:  # type: ignore[no-untyped-def]
     s = settings_for(label_studio, cache_dir)
     j = tmp_path / "journal.json"
-    files = images(tmp_path / "pool", 8, broken=1)
+    files = shape_images(tmp_path / "pool", 8, broken=1)
     first = prelabel_labelstudio(
         s, demo_weights, title="pool", images=[tmp_path / "pool"], chunk=3, journal=j
     )
@@ -248,7 +233,7 @@ def test_personal_access_token_is_exchanged(label_studio) -> None:  # type: igno
 def test_missing_label_stops_before_writing(tmp_path: Path, label_studio, demo_weights, cache_dir) -> None:  # type: ignore[no-untyped-def]
     conn = LabelStudioConnector(label_studio.url, label_studio.token)
     project = conn.create_project("missing label", generate_label_config("detect", ["circle", "square"]))
-    conn.upload_images(project, images(tmp_path / "p", 3))
+    conn.upload_images(project, shape_images(tmp_path / "p", 3))
     s = settings_for(label_studio, cache_dir)
     with pytest.raises(ConfigError, match=r"\['triangle'\].*--skip-unmapped.*Nothing was written"):
         prelabel_labelstudio(s, demo_weights, project=project, journal=tmp_path / "j.json")
@@ -323,7 +308,7 @@ def test_pull_reads_everything_label_studio_records_incrementally(label_studio, 
 
 
 def test_prelabel_and_pull_commands(tmp_path: Path, label_studio, demo_weights, cache_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    images(tmp_path / "pool", 4)
+    shape_images(tmp_path / "pool", 4)
     env = {
         **os.environ,
         "LABELLOOP_LABEL_STUDIO_URL": label_studio.url,
@@ -434,7 +419,7 @@ def test_cloud_storage_import_and_prelabel(
     creds = {"aws_access_key_id": "test", "aws_secret_access_key": "test", "region_name": "us-east-1"}
     s3 = boto3.client("s3", endpoint_url=s3_server, **creds)
     s3.create_bucket(Bucket="pool")
-    for p in images(tmp_path / "s3", 3):
+    for p in shape_images(tmp_path / "s3", 3):
         s3.upload_file(str(p), "pool", f"batch1/{p.name}")
     s3.put_object(Bucket="pool", Key="batch1/readme.txt", Body=b"left out by the regex")
 

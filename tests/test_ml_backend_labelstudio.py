@@ -9,12 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import requests
-from labelloop.backend.demo_model import render_shapes
 
-from tests.helpers import wait_for
+from tests.helpers import shape_images, wait_for
 
 pytestmark = pytest.mark.labelstudio
 
@@ -26,17 +24,6 @@ CONFIG = """<View>
     <Label value="triangle"/>
   </RectangleLabels>
 </View>"""
-
-
-def _images(d: Path, n: int, size: int = 320, seed: int = 7) -> list[Path]:
-    rng = np.random.default_rng(seed)
-    d.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        p = d / f"shapes_{i:03d}.jpg"
-        render_shapes(rng, size)[0].save(p, quality=90)
-        paths.append(p)
-    return paths
 
 
 def _project(ls, title: str) -> int:
@@ -110,7 +97,7 @@ def test_prelabels_scores_ordering_and_corrupt_image(label_studio, backend_facto
     backend = backend_factory()
     version = requests.get(f"{backend.url}/versions").json()["versions"][0]
     project = _project(ls, "shapes e2e")
-    good = _upload(ls, project, _images(tmp_path / "img", 8))
+    good = _upload(ls, project, shape_images(tmp_path / "img", 8))
     assert len(good) == 8
     bad_file = tmp_path / "img" / "corrupt.jpg"
     bad_file.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
@@ -181,7 +168,7 @@ def test_ten_thousand_tasks_in_one_request(label_studio, backend_factory, tmp_pa
     n = 10_000
     backend = backend_factory(LABELLOOP_PREDICT_BUDGET_S="3", LABELLOOP_IMGSZ="128")
     project = _project(ls, "ten thousand")
-    uploaded = _upload(ls, project, _images(tmp_path / "img", 16, size=128, seed=3))
+    uploaded = _upload(ls, project, shape_images(tmp_path / "img", 16, size=128, seed=3))
     r = requests.get(f"{ls.url}/api/tasks?project={project}&page_size=100&fields=all", headers=ls.headers())
     urls = [t["data"]["image"] for t in r.json()["tasks"]]
     assert len(urls) == len(uploaded)
