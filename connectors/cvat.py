@@ -43,6 +43,7 @@ from cvat_sdk.core.exceptions import BackgroundRequestException
 from PIL import Image
 
 from labelloop.errors import ConfigError, FetchError, RemoteError
+from labelloop.journal import PushJournal
 from labelloop.types import ImageItem, Provenance, Region, Source
 
 log = logging.getLogger(__name__)
@@ -157,48 +158,6 @@ class PullResult:
 
 
 # ---------------------------------------------------------------------- push state
-
-
-@dataclass
-class PushState:
-    """What a push has written, so an interrupted push resumes without duplicating shapes."""
-
-    path: Path
-    task_id: int
-    server: str
-    pushed: set[int] = field(default_factory=set)
-    in_flight: dict[str, Any] | None = None  # {"frames": [...], "signature": [...]}
-    log: list[dict[str, Any]] = field(default_factory=list)
-
-    @classmethod
-    def load(cls, path: Path, task_id: int, server: str) -> PushState:
-        if not path.exists():
-            return cls(path, task_id, server)
-        try:
-            d = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(
-                f"push state file {path} is unreadable ({e}); move it away to start over"
-            ) from e
-        if d.get("task_id") != task_id or d.get("server") != server:
-            raise ConfigError(
-                f"push state file {path} belongs to task {d.get('task_id')} on {d.get('server')}, "
-                f"not task {task_id} on {server}; use another state file"
-            )
-        return cls(path, task_id, server, set(d.get("pushed", [])), d.get("in_flight"), d.get("log", []))
-
-    def save(self) -> None:
-        d = {
-            "task_id": self.task_id,
-            "server": self.server,
-            "pushed": sorted(self.pushed),
-            "in_flight": self.in_flight,
-            "log": self.log[-1000:],
-        }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(d))
-        os.replace(tmp, self.path)
 
 
 def _signature(shapes: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -432,10 +391,11 @@ class CvatConnector:
                     f"image {it.uri!r} is not a frame of CVAT task {task_id}; nothing was written"
                 )
             frames.append((index[name], it))
-        state = PushState.load(state_path, task_id, self.url) if state_path else None
+        scope = {"server": self.url, "task_id": task_id}
+        state = PushJournal.load(state_path, scope) if state_path else None
         if state and state.in_flight:
             self._reconcile(task_id, state)
-        done = state.pushed if state else set()
+        done = state.done if state else set()
         todo = sorted((f, it) for f, it in frames if f not in done)
         fmt = _formats()
         pushed = shapes_n = requests = 0
@@ -453,8 +413,7 @@ class CvatConnector:
             body = _model({"shapes": shapes, "tags": tags}, models.PatchedLabeledDataRequest)
             chunk_frames_ids = [f for f, _ in chunk]
             if state:
-                state.in_flight = {"frames": chunk_frames_ids, "signature": _signature(shapes)}
-                state.save()
+                state.begin(chunk_frames_ids, signature=_signature(shapes))
             requests += self._send_chunk(task_id, body, chunk_frames_ids, shapes, state)
             pushed += len(chunk)
             shapes_n += len(shapes)
@@ -466,7 +425,7 @@ class CvatConnector:
         body: Any,
         frames: list[int],
         shapes: list[dict[str, Any]],
-        state: PushState | None,
+        state: PushJournal | None,
     ) -> int:
         """One PATCH per try; after a failure, ask CVAT whether the chunk landed before resending."""
         sent = 0
@@ -494,14 +453,11 @@ class CvatConnector:
                 last = e
         else:
             where = (
-                f"; {len(state.pushed)} frames are recorded in {state.path}, rerun to resume" if state else ""
+                f"; {len(state.done)} frames are recorded in {state.path}, rerun to resume" if state else ""
             )
             raise RemoteError(f"{last}{where}") from last
         if state:
-            state.pushed.update(frames)
-            state.in_flight = None
-            state.log.append({"frames": len(frames), "shapes": len(shapes), "at": time.time()})
-            state.save()
+            state.commit(frames, shapes=len(shapes))
         return sent
 
     def _landed(self, task_id: int, frames: list[int], signature: list[str]) -> bool:
@@ -518,13 +474,14 @@ class CvatConnector:
         )
         return not (Counter(signature) - on_server)
 
-    def _reconcile(self, task_id: int, state: PushState) -> None:
+    def _reconcile(self, task_id: int, state: PushJournal) -> None:
         flight = state.in_flight or {}
-        if self._landed(task_id, flight.get("frames", []), flight.get("signature", [])):
-            state.pushed.update(flight.get("frames", []))
-            state.log.append({"reconciled": len(flight.get("frames", [])), "at": time.time()})
-        state.in_flight = None
-        state.save()
+        frames = flight.get("ids", [])
+        if self._landed(task_id, frames, flight.get("signature", [])):
+            state.commit(frames, reconciled=True)
+        else:
+            state.in_flight = None
+            state.save()
 
     # ------------------------------------------------------------------ uncertainty ordering
 
@@ -765,5 +722,4 @@ __all__ = [
     "PullCursor",
     "PullResult",
     "PushReport",
-    "PushState",
 ]

@@ -131,7 +131,7 @@ def test_push_is_resumable_after_500_without_duplicates(
     with pytest.raises(RemoteError, match=r"HTTP 500.*rerun to resume"):
         conn.push_prelabels(task.task_id, items, state_path=state, chunk_frames=2)
     saved = json.loads(state.read_text())
-    assert len(saved["pushed"]) == 4 and saved["in_flight"] is not None
+    assert len(saved["done"]) == 4 and saved["in_flight"] is not None
     peer._failures.clear()
 
     # 3) rerun: resumes after what landed, writes each frame exactly once
