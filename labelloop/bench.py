@@ -169,3 +169,100 @@ def bench_predict(settings: Settings, n_tasks: int, out: Path, repeats: int = 3)
     )
     console.print(f"written to {out}")
     return result
+
+
+def bench_push(
+    n_tasks: int, out: Path, chunk: int = 500, url: str | None = None, token: str | None = None
+) -> dict:
+    """Prelabel push into Label Studio, predictions already computed: labelloop's bulk, journaled
+    push against one ``POST /api/predictions`` per task (what Label Studio's SDK examples do), each
+    into its own fresh project of ``n_tasks`` tasks, in the same run and on the same server."""
+    from contextlib import nullcontext
+
+    from labelloop.connectors.formats.labelstudio import generate_label_config
+    from labelloop.connectors.labelstudio import LabelStudioConnector, auth_header
+    from labelloop.connectors.labelstudio_server import LabelStudioServer
+    from labelloop.journal import PushJournal
+
+    work = Path(tempfile.mkdtemp(prefix="labelloop-bench-push-"))
+    server = nullcontext(None) if url else LabelStudioServer(work / "ls")
+    with server as ls:
+        conn = LabelStudioConnector(url or ls.url, token if url else ls.token)
+        config = generate_label_config("detect", ["circle", "square", "triangle"])
+
+        def project(title: str) -> tuple[int, list[int]]:
+            p = conn.create_project(title, config)
+            ids = conn.import_tasks(
+                p, [{"image": f"https://example.com/pool/{i:05d}.jpg"} for i in range(n_tasks)]
+            )
+            return p, ids
+
+        def predictions(ids: list[int]) -> list[dict]:
+            rng = np.random.default_rng(0)
+            out = []
+            for t in ids:
+                result = []
+                for k in range(3):
+                    x, y = rng.uniform(0, 80, 2)
+                    result.append(
+                        {
+                            "id": f"{t}-{k}",
+                            "type": "rectanglelabels",
+                            "from_name": "label",
+                            "to_name": "image",
+                            "original_width": 640,
+                            "original_height": 640,
+                            "score": float(rng.uniform(0.2, 1)),
+                            "value": {"x": x, "y": y, "width": 10, "height": 10, "rotation": 0,
+                                      "rectanglelabels": [("circle", "square", "triangle")[k]]},
+                        }
+                    )  # fmt: skip
+                out.append({"task": t, "result": result, "score": min(r["score"] for r in result),
+                            "model_version": "bench-v1"})  # fmt: skip
+            return out
+
+        p_bulk, ids_bulk = project("bench push: bulk")
+        p_loop, ids_loop = project("bench push: per task")
+        preds_bulk, preds_loop = predictions(ids_bulk), predictions(ids_loop)
+
+        t = time.perf_counter()
+        journal = PushJournal.load(work / "journal.json", {"project": p_bulk})
+        conn.push_pool(p_bulk, preds_bulk, journal=journal, chunk=chunk)
+        bulk_s = time.perf_counter() - t
+
+        session = requests.Session()
+        t = time.perf_counter()
+        for p in preds_loop:
+            r = session.post(f"{conn.url}/api/predictions", json=p, headers=auth_header(conn.token, conn.url))
+            r.raise_for_status()
+        loop_s = time.perf_counter() - t
+
+        for proj in (p_bulk, p_loop):  # both paths must have written exactly one prediction per task
+            versions = [
+                t.get("predictions_model_versions")
+                for t in conn.tasks(proj, include="id,predictions_model_versions")
+            ]
+            n_preds = conn.project(proj).get("total_predictions_number")
+            if versions.count("bench-v1") != n_tasks or n_preds != n_tasks:
+                raise RuntimeError(f"project {proj}: {n_preds} predictions for {n_tasks} tasks")
+        version = conn.version().get("release")
+    result = {
+        "tasks": n_tasks,
+        "regions_per_task": 3,
+        "chunk": chunk,
+        "label_studio": version,
+        "machine": f"{platform.machine()} cpus={__import__('os').cpu_count()}",
+        "seconds": {"bulk": round(bulk_s, 2), "per_task_post": round(loop_s, 2)},
+        "tasks_per_s": {"bulk": round(n_tasks / bulk_s, 1), "per_task_post": round(n_tasks / loop_s, 1)},
+        "speedup_bulk_vs_per_task": round(loop_s / bulk_s, 2),
+        "target": 10.0,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    for k, v in result["tasks_per_s"].items():
+        console.print(f"{k:>14}: {v:8.1f} tasks/s")
+    console.print(
+        f"bulk vs one request per task: [bold]{result['speedup_bulk_vs_per_task']}x[/] (target 10x)"
+    )
+    console.print(f"written to {out}")
+    return result

@@ -289,6 +289,21 @@ def bench_predict(
     run(load_settings(model=model), n_tasks=tasks, out=out)
 
 
+@bench_app.command("push")
+def bench_push(
+    tasks: Annotated[int, typer.Option(help="tasks per project")] = 1000,
+    chunk: Annotated[int, typer.Option(help="predictions per bulk request")] = 500,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    out: Annotated[Path, typer.Option(help="JSON results")] = Path("bench-results/push.json"),
+) -> None:
+    """Label Studio prelabel push: bulk + journal vs one POST per task (default: a throwaway server)."""
+    _logging()
+    from labelloop.bench import bench_push as run
+
+    run(tasks, out, chunk=chunk, url=url, token=token)
+
+
 def main() -> None:
     try:
         app()
