@@ -40,6 +40,8 @@ from cvat_sdk.api_client.exceptions import ApiException, OpenApiException
 from cvat_sdk.api_client.model_utils import validate_and_convert_types
 from cvat_sdk.core.client import AccessTokenCredentials, Config, PasswordCredentials
 from cvat_sdk.core.exceptions import BackgroundRequestException
+from labelloop.connectors.formats import cvat as fmt
+from labelloop.connectors.formats.cvat import MACHINE_SOURCES
 from PIL import Image
 
 from labelloop.errors import ConfigError, FetchError, RemoteError
@@ -49,16 +51,8 @@ from labelloop.types import ImageItem, Provenance, Region, Source
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-MACHINE_SOURCES = frozenset({"auto"})
-"""CVAT ``source`` values that mean "machine-made, no person has touched it"."""
 REVIEW_STAGES = frozenset({"validation", "acceptance"})
 _CFG = Configuration()
-
-
-def _formats() -> Any:
-    from labelloop.connectors.formats import cvat as fmt  # written beside this module
-
-    return fmt
 
 
 # ---------------------------------------------------------------------- results
@@ -397,7 +391,6 @@ class CvatConnector:
             self._reconcile(task_id, state)
         done = state.done if state else set()
         todo = sorted((f, it) for f, it in frames if f not in done)
-        fmt = _formats()
         pushed = shapes_n = requests = 0
         for start in range(0, len(todo), max(1, chunk_frames)):
             chunk = todo[start : start + chunk_frames]
@@ -590,7 +583,6 @@ class CvatConnector:
         label_names: dict[int, str],
         prov: dict[str, Any],
     ) -> list[ImageItem]:
-        fmt = _formats()
         by_frame: dict[int, list[Region]] = {f: [] for f in range(job.start_frame, job.stop_frame + 1)}
         for kind in ("shapes", "tags"):
             for obj in getattr(data, kind):

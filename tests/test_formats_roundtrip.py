@@ -557,7 +557,7 @@ def test_cvat_recorded_annotations_read_and_write_back() -> None:
     [
         ("manual", Source.HUMAN),
         ("auto", Source.PRELABEL),
-        ("semi-auto", Source.PRELABEL),
+        ("semi-auto", Source.HUMAN),  # drawn by a person with an interactive tool
         ("file", Source.HUMAN),
         ("consensus", Source.HUMAN),
     ],
@@ -742,3 +742,9 @@ def test_unknown_ids_on_read_are_config_errors() -> None:
         )
     with pytest.raises(ConfigError, match="class region"):
         coco.item_to_coco(ImageItem("x", 4, 4, [Region("cat", None)]), 1, {"cat": 1})
+
+
+def test_one_rule_for_machine_made_cvat_sources() -> None:
+    from labelloop.connectors import cvat as connector
+
+    assert connector.MACHINE_SOURCES is cvat.MACHINE_SOURCES == frozenset({"auto"})

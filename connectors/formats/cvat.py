@@ -24,7 +24,8 @@ Machine-made labels: ``source`` is CVAT's own marker (``manual``, ``semi-auto``,
 ``file``, ``consensus``). Writing, a prelabel or pseudo-label gets ``auto``, a human label
 ``manual``, a synthetic one ``file``; a region read from CVAT keeps its original source (kept in
 ``attributes["cvat_source"]``) when that still means the same provenance. Reading,
-:data:`SOURCE_TO_CANONICAL` decides (``auto``/``semi-auto`` -> PRELABEL, the rest -> HUMAN).
+:data:`SOURCE_TO_CANONICAL` decides (``auto`` -> PRELABEL, the rest -> HUMAN: ``semi-auto`` shapes are
+drawn by a person with an interactive tool, so a person decided them).
 ``score`` carries the confidence of machine labels; CVAT stores 1.0 on human ones, which is read
 as None (no confidence). Tags have no score in CVAT 2.73: a class region's score is not written.
 
@@ -65,7 +66,7 @@ from labelloop.types import (
 
 SOURCE_TO_CANONICAL: dict[str, Source] = {
     "manual": Source.HUMAN,
-    "semi-auto": Source.PRELABEL,
+    "semi-auto": Source.HUMAN,  # a person placed it with an interactor or tracker and kept it
     "auto": Source.PRELABEL,
     "file": Source.HUMAN,
     "consensus": Source.HUMAN,
@@ -78,6 +79,8 @@ CANONICAL_TO_SOURCE: dict[Source, str] = {
 }
 MODEL_VERSION_ATTRIBUTE = "model_version"
 SOURCE_ATTRIBUTE = "cvat_source"
+MACHINE_SOURCES = frozenset(k for k, v in SOURCE_TO_CANONICAL.items() if v is not Source.HUMAN)
+"""CVAT ``source`` values that mean "machine-made, no person has touched it"."""
 KINDS = ("box", "rotated_box", "polygon", "mask", "keypoints", "class")
 _ID = re.compile(r"^cvat:(shape|tag):(\d+)$")
 
