@@ -159,16 +159,13 @@ def bench_predict(settings: Settings, n_tasks: int, out: Path, repeats: int = 3)
         "fraction_of_ceiling_cached_images": round(ips["labelloop_predict_cached_images"] / ceiling, 3),
         "targets": {"speedup_vs_per_task_loop": 2.0, "fraction_of_ceiling": 0.85},
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    for k, v in result["images_per_s"].items():
-        console.print(f"{k:>22}: {v:8.2f} images/s")
-    console.print(
+    return _report(
+        result,
+        out,
+        "images_per_s",
         f"labelloop /predict vs per-task loop: [bold]{result['speedup_vs_per_task_loop']}x[/] (target 2x); "
-        f"of the decoded-image ceiling: [bold]{result['fraction_of_ceiling'] * 100:.0f}%[/] (target 85%)"
+        f"of the decoded-image ceiling: [bold]{result['fraction_of_ceiling'] * 100:.0f}%[/] (target 85%)",
     )
-    console.print(f"written to {out}")
-    return result
 
 
 def bench_push(
@@ -257,12 +254,21 @@ def bench_push(
         "speedup_bulk_vs_per_task": round(loop_s / bulk_s, 2),
         "target": 10.0,
     }
+    return _report(
+        result,
+        out,
+        "tasks_per_s",
+        f"bulk vs one request per task: [bold]{result['speedup_bulk_vs_per_task']}x[/] (target 10x)",
+    )
+
+
+def _report(result: dict, out: Path, rates: str, verdict: str) -> dict:
+    """Write the JSON, print each rate and the ratio line."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    for k, v in result["tasks_per_s"].items():
-        console.print(f"{k:>14}: {v:8.1f} tasks/s")
-    console.print(
-        f"bulk vs one request per task: [bold]{result['speedup_bulk_vs_per_task']}x[/] (target 10x)"
-    )
+    unit = rates.split("_per_")[0]
+    for k, v in result[rates].items():
+        console.print(f"{k:>22}: {v:9.2f} {unit}/s")
+    console.print(verdict)
     console.print(f"written to {out}")
     return result
