@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cvat_sdk.api_client import models as cvat_models
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from labelloop.connectors.formats import coco, cvat, yolo
@@ -220,22 +220,36 @@ if ls is not None:
         "class": "Choices",
     }
 
+    _LS_POSE = ls.ControlPlan(
+        ls.Control("RectangleLabels", "label", "image", tuple(ls.LabelDef(x) for x in LABELS)),
+        ls.Control("KeyPointLabels", "kp", "image", tuple(ls.LabelDef(x) for x in KP_NAMES)),
+    )
+
     def _ls_rt(r: Region, w: int, h: int) -> Region:
-        control = ls.Control(_LS_TAG[r.kind], "label", "image", tuple(ls.LabelDef(x) for x in LABELS))
-        results = ls.region_to_ls(r, w, h, control, r.label)
+        if isinstance(r.geometry, Keypoints):
+            # KeyPointLabels have no visibility: hidden points are not written (see _ls_project)
+            assume(any(p.visible for p in r.geometry.points))
+            pred, dropped = ls.item_to_ls_prediction(ImageItem("x", w, h, [r]), _LS_POSE, "v1")
+            assert dropped == 0
+            results = pred["result"]
+        else:
+            control = ls.Control(_LS_TAG[r.kind], "label", "image", tuple(ls.LabelDef(x) for x in LABELS))
+            results = ls.region_to_ls(r, w, h, control, r.label)
         [back] = ls.ls_to_regions(json.loads(json.dumps(results)))
         return back.with_(id=None) if r.id is None else back  # LS makes up an id when none is given
 
     def _ls_project(r: Region) -> Region:
-        return r.with_(provenance=Provenance(), attributes={}, probs=None)
+        """The instance box (the points' bounds when there is none) carries the instance's label;
+        points that are not visible are not kept."""
+        g = r.geometry
+        if isinstance(g, Keypoints):
+            g = Keypoints(tuple(p for p in g.points if p.visible), keypoints_box(g))
+        return r.with_(geometry=g, provenance=Provenance(), attributes={}, probs=None)
 
-    # Keypoints are left out: Label Studio's KeyPointLabels name each point with the point's
-    # own label, so the instance's label does not come back, and points that are not visible
-    # are dropped (labelstudio.region_to_ls).
     FORMATS.append(
         Fmt(
             "labelstudio",
-            frozenset(_LS_TAG),
+            frozenset({*_LS_TAG, "keypoints"}),
             _ls_rt,
             _ls_project,
             lambda kind, w, h: 1e-6,

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from labelloop.connectors.formats.common import keypoints_box
 from PIL import Image, ImageDraw
 
 from labelloop.errors import ConfigError
@@ -346,8 +347,9 @@ def item_to_ls_prediction(
         rid = region.id or _region_id()
         if plan.keypoints is not None and isinstance(region.geometry, Keypoints):
             box_label = None if plan.main is plan.keypoints else resolve_main(region.label)
-            if box_label is not None and region.geometry.box is not None:
-                result += region_to_ls(region, item.width, item.height, plan.main, box_label, rid)
+            if box_label is not None:  # the box carries the instance's label (points carry their names)
+                boxed = region.with_(geometry=keypoints_box(region.geometry))
+                result += region_to_ls(boxed, item.width, item.height, plan.main, box_label, rid)
             points = _keypoints_for(region.geometry, plan.keypoints, label_map)
             if not points:
                 dropped += 1
@@ -431,19 +433,21 @@ def ls_to_regions(results: Iterable[Mapping], provenance: Provenance | None = No
         else:
             continue
         regions.append(Region(label, geometry, score=score, provenance=provenance, id=r.get("id")))
+    boxes = {r.id: r for r in regions if isinstance(r.geometry, Box) and r.id in kp_groups}
     for inst, kps in kp_groups.items():
         kps.sort(key=lambda t: t[0])
         first = kps[0][2]
-        label = str(((first.get("value") or {}).get("keypointlabels") or [""])[0])
-        regions.append(
-            Region(
-                label,
-                Keypoints(tuple(kp for _, kp, _ in kps)),
-                score=first.get("score"),
-                provenance=provenance,
-                id=inst,
+        points = tuple(kp for _, kp, _ in kps)
+        box = boxes.get(inst)  # written with the points' instance id: the instance's label and box
+        if box is not None:
+            regions.remove(box)
+            kp_region = box.with_(geometry=Keypoints(points, box.geometry))  # type: ignore[arg-type]
+        else:
+            label = str(((first.get("value") or {}).get("keypointlabels") or [""])[0])
+            kp_region = Region(
+                label, Keypoints(points), score=first.get("score"), provenance=provenance, id=inst
             )
-        )
+        regions.append(kp_region)
     return regions
 
 
