@@ -12,8 +12,6 @@ it.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
@@ -25,6 +23,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_common import environment, write_result  # noqa: E402
 from labelloop.connectors.cvat import CvatConnector  # noqa: E402
 
 from labelloop.types import Box, ImageItem, Region  # noqa: E402
@@ -93,13 +92,9 @@ def main() -> None:
         "shapes_per_image": args.shapes,
         "runs": runs,
         "speedup_bulk_vs_per_image": round(ratio, 2),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **environment(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":
