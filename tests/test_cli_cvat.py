@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from cvat_sdk import make_client, models
+from cvat_sdk import make_client
 from labelloop.connectors.formats.canonical import item_from_dict
 
 from labelloop.types import Source
-from tests.cvat_peer import CvatPeer
+from tests.cvat_peer import CvatPeer, patch_job_shapes
 from tests.helpers import shape_images
 
 CMD = [sys.executable, "-m", "labelloop.cli"]
@@ -73,17 +73,10 @@ def test_prelabel_then_pull_cvat(tmp_path: Path, peer: CvatPeer, demo_weights: P
         job = sorted(j.id for j in human.tasks.retrieve(task).get_jobs())[0]
         ann, _ = human.api_client.jobs_api.retrieve_annotations(job)
         first = ann.shapes[0]
-        human.api_client.jobs_api.partial_update_annotations(
-            "update",
-            job,
-            patched_labeled_data_request=models.PatchedLabeledDataRequest(
-                shapes=[
-                    models.LabeledShapeRequest(
-                        id=first.id, type="rectangle", frame=first.frame, label_id=first.label_id,
-                        points=[1.0, 2.0, 30.0, 40.0], source="manual",
-                    )
-                ]
-            ),
+        patch_job_shapes(
+            human, "update", job,
+            {"id": first.id, "type": "rectangle", "frame": first.frame, "label_id": first.label_id,
+             "points": [1.0, 2.0, 30.0, 40.0], "source": "manual"},
         )  # fmt: skip
     out, cursor = tmp_path / "changes.jsonl", tmp_path / "cursor.json"
     r = run(["pull", "-t", "cvat", "--task", str(task), "-o", str(out), "--cursor", str(cursor)], env)

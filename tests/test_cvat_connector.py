@@ -20,7 +20,7 @@ from labelloop.connectors.cvat import CvatConnector, PullCursor
 
 from labelloop.errors import ConfigError, FetchError, RemoteError
 from labelloop.types import Box, ImageItem, Region, Source
-from tests.cvat_peer import CvatPeer
+from tests.cvat_peer import CvatPeer, patch_job_shapes
 
 pytest.importorskip(
     "labelloop.connectors.formats.cvat",
@@ -161,49 +161,25 @@ def test_human_edits_incremental_pull_and_qa(tmp_path: Path, peer: CvatPeer, con
         ann, _ = human.api_client.jobs_api.retrieve_annotations(j2)
         target = ann.shapes[0]
         label_id = target.label_id
-        human.api_client.jobs_api.partial_update_annotations(
+        box = {"type": "rectangle", "label_id": label_id, "source": "manual"}
+        patch_job_shapes(
+            human,
             "update",
             j2,
-            patched_labeled_data_request=models.PatchedLabeledDataRequest(
-                shapes=[
-                    models.LabeledShapeRequest(
-                        id=target.id,
-                        type="rectangle",
-                        frame=target.frame,
-                        label_id=label_id,
-                        points=[1.0, 2.0, 30.0, 40.0],
-                        source="manual",
-                    )
-                ]
-            ),
+            {**box, "id": target.id, "frame": target.frame, "points": [1.0, 2.0, 30.0, 40.0]},
         )
-        human.api_client.jobs_api.partial_update_annotations(
-            "create",
-            j2,
-            patched_labeled_data_request=models.PatchedLabeledDataRequest(
-                shapes=[
-                    models.LabeledShapeRequest(
-                        type="rectangle", frame=4, label_id=label_id, points=[50, 50, 60, 60], source="manual"
-                    )
-                ]
-            ),
-        )
+        patch_job_shapes(human, "create", j2, {**box, "frame": 4, "points": [50, 50, 60, 60]})
     # QA: job 2 goes to validation with a reviewer, an issue with a reply, GT job, quality report
     peer.set_job(j2, stage="validation", assignee="reviewer", state="in progress")
     issue = peer.add_issue(j2, 4, "box too loose", "reviewer")
     peer.add_comment(issue, "fixed", "annotator")
     gt = peer.add_gt_job(task.task_id, [0, 1])
     with make_client(peer.url, credentials=("reviewer", "rev-pw")) as rev:
-        rev.api_client.jobs_api.partial_update_annotations(
+        patch_job_shapes(
+            rev,
             "create",
             gt["id"],
-            patched_labeled_data_request=models.PatchedLabeledDataRequest(
-                shapes=[
-                    models.LabeledShapeRequest(
-                        type="rectangle", frame=0, label_id=label_id, points=[1, 1, 9, 9]
-                    )
-                ]
-            ),
+            {"type": "rectangle", "frame": 0, "label_id": label_id, "points": [1, 1, 9, 9]},
         )
     peer.add_quality_report(task.task_id, accuracy=0.8, precision=0.9, recall=0.7)
 

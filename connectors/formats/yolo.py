@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePath, PurePosixPath
+from typing import TypedDict, Unpack
 
 import numpy as np
 from labelloop.connectors.formats.common import (
@@ -56,6 +57,7 @@ from labelloop.types import (
 )
 
 TASKS = ("detect", "segment", "pose", "obb", "classify")
+Names = Sequence[str] | Mapping[int, str]  # class names by id: a list, or data.yaml's {id: name}
 TASK_KINDS: dict[str, tuple[str, ...]] = {
     "detect": ("box", "rotated_box", "polygon", "mask", "keypoints"),
     "segment": ("polygon", "mask", "box", "rotated_box"),
@@ -214,7 +216,7 @@ def yolo_line_to_region(
     line: str,
     width: int,
     height: int,
-    names: Sequence[str] | Mapping[int, str],
+    names: Names,
     task: str,
     *,
     kpt_shape: Sequence[int] | None = None,
@@ -261,33 +263,29 @@ def yolo_line_to_region(
     return Region(label, geometry, score=score, provenance=provenance or Provenance())
 
 
+class LineOptions(TypedDict, total=False):
+    """The keyword options of :func:`yolo_line_to_region`, passed through unchanged by the file reader."""
+
+    kpt_shape: Sequence[int] | None
+    kpt_names: Sequence[str] | None
+    provenance: Provenance | None
+
+
 def yolo_lines_to_regions(
     lines: Iterable[str],
     width: int,
     height: int,
-    names: Sequence[str] | Mapping[int, str],
+    names: Names,
     task: str,
     *,
-    kpt_shape: Sequence[int] | None = None,
-    kpt_names: Sequence[str] | None = None,
-    provenance: Provenance | None = None,
     source: str = "YOLO label",
+    **options: Unpack[LineOptions],
 ) -> list[Region]:
     """Regions of one label file; ``source`` (e.g. the file's path) names it in errors."""
     _check_task(task)
     _check_size(width, height)
     return [
-        yolo_line_to_region(
-            line,
-            width,
-            height,
-            names,
-            task,
-            kpt_shape=kpt_shape,
-            kpt_names=kpt_names,
-            provenance=provenance,
-            where=f"{source} line {i}",
-        )
+        yolo_line_to_region(line, width, height, names, task, where=f"{source} line {i}", **options)
         for i, line in enumerate(lines, 1)
         if line.strip()
     ]

@@ -66,6 +66,17 @@ REFERENCE = Path("/work/shared/reference/cvat-2.73")
 CT = "application/vnd.cvat+json"
 _CFG = Configuration()
 
+# the fields a new task and a new job of uploaded images start with
+_NEW_IMAGESET: dict[str, Any] = {
+    "assignee_updated_date": None,
+    "status": "annotation",
+    "mode": "annotation",
+    "data_original_chunk_type": "imageset",
+    "data_compressed_chunk_type": "imageset",
+    "source_storage": None,
+    "target_storage": None,
+}
+
 
 def _load(name: str) -> list[dict[str, Any]]:
     return json.loads((REFERENCE / f"{name}.json").read_text())["results"]
@@ -543,29 +554,37 @@ class CvatPeer:
             )
             self.labels[lid] = label
 
+    def _new(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """A copy of the recorded ``kind`` (project, task or job) under the next id, with its own urls,
+        created and updated now; ``fields`` fill in the rest. The caller holds the lock."""
+        oid = next(self._ids[kind])
+        now = self.now()
+        obj = copy.deepcopy(self._tpl[kind])
+        obj.update(
+            id=oid,
+            organization=None,
+            created_date=now,
+            updated_date=now,
+            url=f"{self.url}/api/{kind}s/{oid}",
+            labels={"url": f"{self.url}/api/labels?{kind}_id={oid}"},
+            **fields,
+        )
+        return obj
+
+    def _new_owned(self, kind: str, name: str, **fields: Any) -> dict[str, Any]:
+        """A new project or task owned by the user making the request, as POST creates them."""
+        owner = self._user_ref(request.environ["peer.user"])
+        return self._new(kind, name=name, owner=owner, assignee=None, organization_id=None, **fields)
+
     def list_projects(self) -> Response:
         return self._page(self._filtered(list(self.projects.values()), ("name", "id")))
 
     def create_project(self) -> Response:
         spec = validate(request.get_json(silent=True), models.ProjectWriteRequest)
         with self._lock:
-            pid = next(self._ids["project"])
-            now = self.now()
-            p = copy.deepcopy(self._tpl["project"])
-            p.update(
-                id=pid,
-                name=spec.name,
-                owner=self._user_ref(request.environ["peer.user"]),
-                assignee=None,
-                organization=None,
-                organization_id=None,
-                created_date=now,
-                updated_date=now,
-                url=f"{self.url}/api/projects/{pid}",
-                labels={"url": f"{self.url}/api/labels?project_id={pid}"},
-                tasks={"count": 0, "url": f"{self.url}/api/tasks?project_id={pid}"},
-                task_subsets=[],
-            )
+            p = self._new_owned("project", spec.name, task_subsets=[])
+            pid = p["id"]
+            p["tasks"] = {"count": 0, "url": f"{self.url}/api/tasks?project_id={pid}"}
             self.projects[pid] = p
             self._make_labels(getattr(spec, "labels", []), project_id=pid)
             return _json(p, 201)
@@ -584,43 +603,27 @@ class CvatPeer:
         if pid is None and not getattr(spec, "labels", None):
             raise HttpError(400, {"label_set": ["Label set must not be empty"]})
         with self._lock:
-            tid = next(self._ids["task"])
-            now = self.now()
-            t = copy.deepcopy(self._tpl["task"])
-            t.update(
-                id=tid,
-                name=spec.name,
+            t = self._new_owned(
+                "task",
+                spec.name,
                 project_id=pid,
                 project_name=self.projects[pid]["name"] if pid else None,
-                owner=self._user_ref(request.environ["peer.user"]),
-                assignee=None,
-                assignee_updated_date=None,
-                organization=None,
-                organization_id=None,
-                created_date=now,
-                updated_date=now,
                 overlap=0,
                 segment_size=getattr(spec, "segment_size", 0),
                 subset=getattr(spec, "subset", ""),
                 size=0,
                 data=None,
                 data_chunk_size=None,
-                data_original_chunk_type="imageset",
-                data_compressed_chunk_type="imageset",
-                mode="annotation",
-                status="annotation",
                 validation_mode=None,
-                url=f"{self.url}/api/tasks/{tid}",
-                labels={"url": f"{self.url}/api/labels?task_id={tid}"},
-                jobs={
-                    "completed": 0,
-                    "count": 0,
-                    "url": f"{self.url}/api/jobs?task_id={tid}",
-                    "validation": 0,
-                },
-                source_storage=None,
-                target_storage=None,
+                **_NEW_IMAGESET,
             )
+            tid = t["id"]
+            t["jobs"] = {
+                "completed": 0,
+                "count": 0,
+                "url": f"{self.url}/api/jobs?task_id={tid}",
+                "validation": 0,
+            }
             self.tasks[tid] = t
             self.shapes[tid], self.tags[tid], self.versions[tid] = {}, {}, 0
             if pid is None:
@@ -723,38 +726,25 @@ class CvatPeer:
 
     def _create_job(self, tid: int, start: int, stop: int, kind: str) -> dict[str, Any]:
         task = self.tasks[tid]
-        jid = next(self._ids["job"])
-        now = self.now()
-        job = copy.deepcopy(self._tpl["job"])
-        job.update(
-            id=jid,
+        job = self._new(
+            "job",
             task_id=tid,
             task_name=task["name"],
             project_id=task["project_id"],
             project_name=task["project_name"],
             assignee=None,
-            assignee_updated_date=None,
             bug_tracker="",
             stage="annotation",
             state="new",
-            status="annotation",
             type=kind,
             start_frame=start,
             stop_frame=stop,
             frame_count=stop - start + 1,
             data_chunk_size=task["data_chunk_size"],
-            data_original_chunk_type="imageset",
-            data_compressed_chunk_type="imageset",
-            mode="annotation",
-            organization=None,
-            source_storage=None,
-            target_storage=None,
-            created_date=now,
-            updated_date=now,
-            url=f"{self.url}/api/jobs/{jid}",
-            issues={"count": 0, "url": f"{self.url}/api/issues?job_id={jid}"},
-            labels={"url": f"{self.url}/api/labels?job_id={jid}"},
+            **_NEW_IMAGESET,
         )
+        jid = job["id"]
+        job["issues"] = {"count": 0, "url": f"{self.url}/api/issues?job_id={jid}"}
         self.jobs[jid] = job
         if kind == "ground_truth":
             self.gt_shapes[jid] = {}
