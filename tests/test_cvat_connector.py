@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cvat_sdk import make_client, models
-from labelloop.connectors.cvat import CvatConnector, PullCursor
+from labelloop.connectors.cvat import MACHINE_SOURCES, CvatConnector, PullCursor
 
 from labelloop.errors import ConfigError, FetchError, RemoteError
 from labelloop.types import Box, ImageItem, Region, Source
@@ -203,6 +203,47 @@ def test_human_edits_incremental_pull_and_qa(tmp_path: Path, peer: CvatPeer, con
 
     third = conn.pull(task.task_id, second.cursor)  # nothing new: only the boundary job comes back
     assert len(third.jobs) <= 1
+
+
+def test_semi_auto_shapes_pull_as_human_with_raw_source_kept(
+    tmp_path: Path, peer: CvatPeer, conn: CvatConnector
+) -> None:
+    """A semi-auto shape is placed by a person with an interactive tool (interactor, SAM clicks,
+    tracker): the person decided it, so it is a human label; only ``auto`` is machine-made."""
+    paths = make_images(tmp_path / "img", 2)
+    task = conn.create_task("semi", paths, LABELS)
+    conn.push_prelabels(task.task_id, make_items(paths))
+    [job] = task.job_ids
+    label_id = next(s["label_id"] for s in server_shapes(peer, task.task_id))
+    with make_client(peer.url, credentials=("annotator", "ann-pw")) as human:
+        patch_job_shapes(
+            human,
+            "create",
+            job,
+            *(
+                {
+                    "type": "rectangle",
+                    "frame": 1,
+                    "label_id": label_id,
+                    "points": p,
+                    "source": s,
+                    "score": 0.6,
+                }
+                for p, s in (([10, 10, 20, 20], "semi-auto"), ([30, 30, 40, 40], "manual"))
+            ),
+        )
+    regions = [r for it in conn.pull(task.task_id).items for r in it.regions]
+    by_source = {
+        src: [r for r in regions if r.attributes["cvat_source"] == src]
+        for src in ("auto", "semi-auto", "manual")
+    }
+    assert [len(v) for v in by_source.values()] == [4, 1, 1]
+    assert all(r.provenance.source is Source.PRELABEL and r.score is not None for r in by_source["auto"])
+    for src in ("semi-auto", "manual"):
+        [r] = by_source[src]
+        assert r.provenance.source is Source.HUMAN and r.score is None
+    assert by_source["semi-auto"][0].geometry == Box(10.0, 10.0, 20.0, 20.0)
+    assert "semi-auto" not in MACHINE_SOURCES
 
 
 # ---------------------------------------------------------------------- bad input and failures
