@@ -19,9 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
-from labelloop.backend import jobs
-from labelloop.backend.images import LabelStudioAccess
-from labelloop.backend.service import PredictionService
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -32,6 +29,9 @@ from prometheus_client import (
     multiprocess,
 )
 
+from labelloop.backend import jobs
+from labelloop.backend.images import LabelStudioAccess
+from labelloop.backend.service import PredictionService
 from labelloop.errors import ConfigError, LabelloopError
 from labelloop.settings import Settings
 

@@ -118,7 +118,6 @@ def create(
 ) -> YoloDetectionFunction:
     """The factory ``cvat-cli ... -p model=str:PATH -p conf=float:0.3`` calls (empty model: demo)."""
     from labelloop.backend.predictor import Predictor
-
     from labelloop.settings import Settings
 
     settings = Settings(

@@ -26,9 +26,9 @@ from urllib.parse import urljoin, urlparse
 
 import numpy as np
 import requests
-from labelloop.connectors.labelstudio import auth_header
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from labelloop.connectors.labelstudio import auth_header
 from labelloop.errors import FetchError
 from labelloop.settings import Settings
 

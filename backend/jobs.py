@@ -19,7 +19,6 @@ from typing import Any
 
 from labelloop.backend.images import LabelStudioAccess
 from labelloop.backend.service import PredictionService
-
 from labelloop.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from labelloop.backend import uncertainty as unc
 from labelloop.backend.images import Fetched
 from labelloop.backend.yolo_env import ensure_yolo_env
-
 from labelloop.errors import ModelError
 from labelloop.settings import Settings
 from labelloop.types import (

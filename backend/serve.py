@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from labelloop.connectors.labelstudio_server import free_port
 
+from labelloop.connectors.labelstudio_server import free_port
 from labelloop.errors import RemoteError
 from labelloop.procs import spawn, stop_group, tail
 from labelloop.settings import Settings
@@ -36,6 +36,7 @@ def prepare_metrics_dir() -> None:
 def run_gunicorn(settings: Settings, weights: Path) -> None:
     prepare_metrics_dir()
     from gunicorn.app.base import BaseApplication
+
     from labelloop.backend.app import create_app
 
     class _App(BaseApplication):  # type: ignore[misc]
@@ -76,9 +77,10 @@ def _child_exit(server: Any, worker: Any) -> None:
 
 def run_worker(settings: Settings, burst: bool = False) -> None:
     """An rq worker for background prediction; it keeps the model loaded between jobs."""
-    from labelloop.backend.jobs import queue_name
     from redis import Redis
     from rq import Queue, SimpleWorker
+
+    from labelloop.backend.jobs import queue_name
 
     conn = Redis.from_url(settings.redis_url)
     worker = SimpleWorker([Queue(queue_name(settings), connection=conn)], connection=conn)

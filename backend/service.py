@@ -19,7 +19,6 @@ from labelloop.connectors.formats.labelstudio import (
     parse_label_config,
     select_controls,
 )
-
 from labelloop.errors import ConfigError
 from labelloop.settings import Settings
 

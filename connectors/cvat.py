@@ -40,10 +40,10 @@ from cvat_sdk.api_client.exceptions import ApiException, OpenApiException
 from cvat_sdk.api_client.model_utils import validate_and_convert_types
 from cvat_sdk.core.client import AccessTokenCredentials, Config, PasswordCredentials
 from cvat_sdk.core.exceptions import BackgroundRequestException
-from labelloop.connectors.formats import cvat as fmt
-from labelloop.connectors.formats.cvat import MACHINE_SOURCES
 from PIL import Image
 
+from labelloop.connectors.formats import cvat as fmt
+from labelloop.connectors.formats.cvat import MACHINE_SOURCES
 from labelloop.errors import ConfigError, FetchError, RemoteError
 from labelloop.journal import PushJournal
 from labelloop.types import ImageItem, Provenance, Region, Source
@@ -56,6 +56,14 @@ _CFG = Configuration()
 
 
 # ---------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class TaskLabels:
+    ids: dict[str, int]  # top-level label name -> id
+    names: dict[int, str]  # every label id, skeleton sublabels too -> name
+    attribute_ids: dict[str, dict[str, int]]  # label name -> attribute name -> spec id
+    attribute_names: dict[int, str]  # spec id -> attribute name
 
 
 @dataclass(frozen=True)
@@ -314,7 +322,15 @@ class CvatConnector:
         else:
             if not labels:
                 raise ConfigError(f"task {name!r}: no labels given")
-            spec["labels"] = [{"name": lb} for lb in labels]
+            # a text attribute per label records which model made each prelabel (read back on pull)
+            version_attr = {
+                "name": fmt.MODEL_VERSION_ATTRIBUTE,
+                "mutable": True,
+                "input_type": "text",
+                "default_value": "",
+                "values": [""],
+            }
+            spec["labels"] = [{"name": lb, "attributes": [version_attr]} for lb in labels]
         if segment_size:
             spec["segment_size"] = segment_size
         if subset:
@@ -342,9 +358,22 @@ class CvatConnector:
         return CreatedTask(task.id, [f.name for f in meta.frames], sorted(j.id for j in jobs))
 
     def task_labels(self, task_id: int) -> dict[str, int]:
+        return self._labels(task_id).ids
+
+    def _labels(self, task_id: int) -> TaskLabels:
         task = self._with_retry(f"read task {task_id}", lambda: self.client.tasks.retrieve(task_id))
         labels = self._with_retry(f"read labels of task {task_id}", task.get_labels)
-        return {lb.name: lb.id for lb in labels}
+        out = TaskLabels({}, {}, {}, {})
+        for lb in labels:
+            if not getattr(lb, "parent_id", None):
+                out.ids[lb.name] = lb.id
+            out.names[lb.id] = lb.name
+            for sub in getattr(lb, "sublabels", None) or []:
+                out.names[sub.id] = sub.name
+            for a in getattr(lb, "attributes", None) or []:
+                out.attribute_ids.setdefault(lb.name, {})[a.name] = a.id
+                out.attribute_names[a.id] = a.name
+        return out
 
     def _frame_index(self, task_id: int) -> tuple[dict[str, int], list[Any]]:
         meta, _ = self._with_retry(
@@ -368,7 +397,8 @@ class CvatConnector:
         Items are matched to frames by file name. Frames the state file lists are skipped; a chunk
         left in flight by a crash or a lost response is checked against CVAT before resending.
         """
-        label_ids = self.task_labels(task_id)
+        info = self._labels(task_id)
+        label_ids = info.ids
         used = sorted({r.label for it in items for r in it.regions})
         missing = [lb for lb in used if lb not in label_ids]
         if missing:
@@ -397,7 +427,7 @@ class CvatConnector:
             shapes: list[dict[str, Any]] = []
             tags: list[dict[str, Any]] = []
             for f, it in chunk:
-                s, t = fmt.regions_to_cvat(it.regions, f, label_ids)
+                s, t = fmt.regions_to_cvat(it.regions, f, label_ids, attribute_ids=info.attribute_ids)
                 shapes.extend(s)
                 tags.extend(t)
             for obj in (*shapes, *tags):
@@ -533,7 +563,7 @@ class CvatConnector:
         cursor = cursor or PullCursor()
         annotators = dict(cursor.annotators)
         jobs = self._jobs(task_id, since=cursor.since)
-        label_names = {v: k for k, v in self.task_labels(task_id).items()}
+        labels = self._labels(task_id)
         _, meta = self._frame_index(task_id) if jobs else ({}, [])
         issues = self._issues(task_id, cursor.since) if jobs or cursor.since is None else []
         items: list[ImageItem] = []
@@ -554,7 +584,7 @@ class CvatConnector:
                 "reviewer": assignee if stage in REVIEW_STAGES else None,
                 "updated_at": _iso(job.updated_date),
             }
-            frame_items = self._to_items(task_id, job, data, meta, label_names, prov_common)
+            frame_items = self._to_items(task_id, job, data, meta, labels, prov_common)
             (gt if is_gt else items).extend(frame_items)
             out_jobs.append(
                 JobQA(
@@ -580,7 +610,7 @@ class CvatConnector:
         job: Any,
         data: Any,
         meta: list[Any],
-        label_names: dict[int, str],
+        labels: TaskLabels,
         prov: dict[str, Any],
     ) -> list[ImageItem]:
         by_frame: dict[int, list[Region]] = {f: [] for f in range(job.start_frame, job.stop_frame + 1)}
@@ -592,8 +622,20 @@ class CvatConnector:
                 shapes, tags = ([d], []) if kind == "shapes" else ([], [d])
                 f = d["frame"]
                 size = (int(meta[f].width), int(meta[f].height)) if f < len(meta) else (None, None)
-                for r in fmt.cvat_to_regions(shapes, tags, label_names, width=size[0], height=size[1]):
-                    p = Provenance(source=Source.PRELABEL if machine else Source.HUMAN, **prov)
+                regions = fmt.cvat_to_regions(
+                    shapes,
+                    tags,
+                    labels.names,
+                    width=size[0],
+                    height=size[1],
+                    attribute_names=labels.attribute_names,
+                )
+                for r in regions:
+                    p = Provenance(
+                        source=Source.PRELABEL if machine else Source.HUMAN,
+                        model_version=r.provenance.model_version,
+                        **prov,
+                    )
                     attrs = {**r.attributes, "cvat_source": src}
                     rid = r.id or f"cvat:{kind[:-1]}:{d.get('id')}"
                     by_frame.setdefault(d["frame"], []).append(

@@ -70,7 +70,6 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unty
     import sys
 
     from labelloop.connectors.labelstudio_server import free_port
-
     from labelloop.procs import spawn, stop_group, tail
     from tests.helpers import wait_for
 

@@ -33,6 +33,7 @@ def shape_images(d: Path, n: int, *, size: int = 320, seed: int = 7, broken: int
     """``n`` JPEGs of the demo model's shapes (so predictions are non-trivial), plus ``broken``
     files that claim to be JPEGs and are not."""
     import numpy as np
+
     from labelloop.backend.demo_model import render_shapes
 
     rng = np.random.default_rng(seed)

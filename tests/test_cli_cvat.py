@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from cvat_sdk import make_client
-from labelloop.connectors.formats.canonical import item_from_dict
 
+from labelloop.connectors.formats.canonical import item_from_dict
 from labelloop.types import Source
 from tests.cvat_peer import CvatPeer, patch_job_shapes
 from tests.helpers import shape_images
@@ -87,6 +87,8 @@ def test_prelabel_then_pull_cvat(tmp_path: Path, peer: CvatPeer, demo_weights: P
     human_regions = [rg for rg in regions if rg.provenance.source == Source.HUMAN]
     assert len(human_regions) == 1 and human_regions[0].score is None
     assert len(regions) - 1 == sum(rg.provenance.source == Source.PRELABEL for rg in regions)
+    machine = [rg for rg in regions if rg.provenance.source == Source.PRELABEL]
+    assert {rg.provenance.model_version for rg in machine} == {s["model_version"]}  # which model made them
     qa = json.loads(out.with_name(out.name + ".qa.json").read_text())
     assert {j["id"] for j in qa["jobs"]} >= {job}
     assert json.loads(cursor.read_text())["since"]

@@ -16,16 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cvat_sdk import make_client, models
-from labelloop.connectors.cvat import MACHINE_SOURCES, CvatConnector, PullCursor
 
+from labelloop.connectors.cvat import MACHINE_SOURCES, CvatConnector, PullCursor
 from labelloop.errors import ConfigError, FetchError, RemoteError
 from labelloop.types import Box, ImageItem, Region, Source
 from tests.cvat_peer import CvatPeer, patch_job_shapes
-
-pytest.importorskip(
-    "labelloop.connectors.formats.cvat",
-    reason="connectors/formats/cvat.py (shape conversion) not written yet",
-)
 
 LABELS = ["circle", "square", "triangle"]
 ANN = r"/api/tasks/\d+/annotations"
@@ -351,8 +346,9 @@ def yolo_function(cache_dir: Path, demo_weights: Path):  # type: ignore[no-untyp
 
 def test_function_spec_and_detect(yolo_function) -> None:  # type: ignore[no-untyped-def]
     from cvat_sdk.auto_annotation import DetectionFunctionSpec
-    from labelloop.backend.demo_model import render_shapes
     from PIL import Image
+
+    from labelloop.backend.demo_model import render_shapes
 
     assert isinstance(yolo_function.spec, DetectionFunctionSpec)
     assert [lb.name for lb in yolo_function.spec.labels] == LABELS

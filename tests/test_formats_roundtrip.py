@@ -30,9 +30,9 @@ from cvat_sdk.api_client import models as cvat_models
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
 from labelloop.connectors.formats import coco, cvat, yolo
 from labelloop.connectors.formats.common import keypoints_box
-
 from labelloop.errors import ConfigError
 from labelloop.types import (
     Box,

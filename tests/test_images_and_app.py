@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from labelloop.backend.app import create_app
-from labelloop.backend.images import ImageFetcher, LabelStudioAccess, decode_image
 from PIL import Image
 
+from labelloop.backend.app import create_app
+from labelloop.backend.images import ImageFetcher, LabelStudioAccess, decode_image
 from labelloop.errors import FetchError
 from labelloop.settings import load_settings
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import requests
+
 from labelloop.backend.demo_model import CLASSES
 from labelloop.connectors.formats.canonical import item_from_dict
 from labelloop.connectors.formats.labelstudio import generate_label_config
 from labelloop.connectors.labelstudio import LabelStudioConnector, PullCursor
-
 from labelloop.errors import ConfigError, RemoteError
 from labelloop.journal import PushJournal
 from labelloop.prelabel import prelabel_labelstudio

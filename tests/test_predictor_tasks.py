@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from labelloop.backend.predictor import Predictor
 from labelloop.connectors.formats.labelstudio import (
     item_to_ls_prediction,
@@ -19,7 +20,6 @@ from labelloop.connectors.formats.labelstudio import (
     parse_label_config,
     select_controls,
 )
-
 from labelloop.errors import ConfigError, ModelError
 from labelloop.settings import load_settings
 from labelloop.types import Box, Keypoints, Polygon, RotatedBox

@@ -29,6 +29,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from pycocotools import mask as mask_utils
+
 from labelloop.connectors.formats.canonical import provenance_from_dict, provenance_to_dict
 from labelloop.connectors.formats.common import (
     keypoints_box,
@@ -37,8 +39,6 @@ from labelloop.connectors.formats.common import (
     label_name,
     polygon_box,
 )
-from pycocotools import mask as mask_utils
-
 from labelloop.errors import ConfigError
 from labelloop.types import (
     Box,

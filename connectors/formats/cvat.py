@@ -47,8 +47,8 @@ from typing import Any
 
 import numpy as np
 from cvat_sdk.masks import decode_mask, encode_mask
-from labelloop.connectors.formats.common import kind_error, label_id, label_name
 
+from labelloop.connectors.formats.common import kind_error, label_id, label_name
 from labelloop.errors import ConfigError
 from labelloop.types import (
     Box,

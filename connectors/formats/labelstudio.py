@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from labelloop.connectors.formats.common import keypoints_box
 from PIL import Image, ImageDraw
 
+from labelloop.connectors.formats.common import keypoints_box
 from labelloop.errors import ConfigError
 from labelloop.types import (
     Box,

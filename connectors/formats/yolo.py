@@ -34,6 +34,7 @@ from pathlib import Path, PurePath, PurePosixPath
 from typing import TypedDict, Unpack
 
 import numpy as np
+
 from labelloop.connectors.formats.common import (
     bounding_box,
     box_corners,
@@ -43,7 +44,6 @@ from labelloop.connectors.formats.common import (
     label_name,
     mask_to_polygon,
 )
-
 from labelloop.errors import ConfigError
 from labelloop.types import (
     Box,
