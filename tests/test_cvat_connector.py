@@ -365,16 +365,19 @@ def test_function_spec_and_detect(yolo_function) -> None:  # type: ignore[no-unt
     assert isinstance(img, Image.Image) and objects
 
 
-def test_cli_auto_annotate_against_peer(
-    tmp_path: Path, peer: CvatPeer, conn: CvatConnector, demo_weights: Path
-) -> None:
-    paths = make_images(tmp_path / "img", 3)
+def _full_size_task(tmp_path: Path, conn: CvatConnector, name: str):  # type: ignore[no-untyped-def]
+    """A task of 320-px shape images the demo detector sees well."""
     from labelloop.backend.demo_model import render_shapes
 
+    paths = make_images(tmp_path / "img", 3)
     rng = np.random.default_rng(5)
-    for p in paths:  # full-size images the demo detector sees well
+    for p in paths:
         render_shapes(rng, size=320)[0].save(p)
-    task = conn.create_task("auto", paths, LABELS, chunk_size=2)
+    return conn.create_task(name, paths, LABELS, chunk_size=2)
+
+
+def _cvat_cli(tmp_path: Path, peer: CvatPeer, *args: str) -> subprocess.CompletedProcess[str]:
+    """cvat-cli as a user runs it: its own process, its own cache, logged in as admin1."""
     env = {
         **os.environ,
         "XDG_CACHE_HOME": str(tmp_path / "xdg-cache"),
@@ -382,28 +385,80 @@ def test_cli_auto_annotate_against_peer(
         "LABELLOOP_DEVICE": "cpu",
         "PASS": "admin1-pw",
     }
-    cli = [sys.executable, "-m", "cvat_cli", "--server-host", peer.url, "--auth", "admin1"]
-    cmd = [
-        *cli,
-        "task",
-        "auto-annotate",
-        str(task.task_id),
+    cmd = [sys.executable, "-m", "cvat_cli", "--server-host", peer.url, "--auth", "admin1", *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _function_args(weights: Path) -> list[str]:
+    return [
         "--function-module",
         "labelloop.backend.cvat_function",
         "-p",
-        f"model=str:{demo_weights}",
+        f"model=str:{weights}",
         "-p",
         "conf=float:0.25",
-        "--clear-existing",
     ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert peer.count("GET", rf"/api/tasks/{task.task_id}/data") >= 2  # chunks were downloaded
-    assert peer.count("PUT", rf"/api/tasks/{task.task_id}/annotations") == 1
-    pulled = conn.pull(task.task_id)
+
+
+def _assert_prelabelled(conn: CvatConnector, task_id: int) -> None:
+    pulled = conn.pull(task_id)
     regions = [r for it in pulled.items for r in it.regions]
     assert regions and all(r.provenance.source is Source.PRELABEL and 0 < r.score <= 1 for r in regions)
     assert {r.label for r in regions} <= set(LABELS)
+
+
+def test_cli_auto_annotate_against_peer(
+    tmp_path: Path, peer: CvatPeer, conn: CvatConnector, demo_weights: Path
+) -> None:
+    task = _full_size_task(tmp_path, conn, "auto")
+    _cvat_cli(
+        tmp_path,
+        peer,
+        "task",
+        "auto-annotate",
+        str(task.task_id),
+        *_function_args(demo_weights),
+        "--clear-existing",
+    )
+    assert peer.count("GET", rf"/api/tasks/{task.task_id}/data") >= 2  # chunks were downloaded
+    assert peer.count("PUT", rf"/api/tasks/{task.task_id}/annotations") == 1
+    _assert_prelabelled(conn, task.task_id)
+
+
+def test_cli_agent_function_against_peer(
+    tmp_path: Path, peer: CvatPeer, conn: CvatConnector, demo_weights: Path
+) -> None:
+    """Register the function with ``create-native``, queue a request as CVAT's UI would, and let
+    ``run-agent --burst`` serve it: the result lands in the task as scored ``auto`` shapes."""
+    task = _full_size_task(tmp_path, conn, "agent")
+    created = _cvat_cli(
+        tmp_path, peer, "function", "create-native", "labelloop YOLO", *_function_args(demo_weights)
+    )
+    fid = int(created.stdout.strip().splitlines()[-1])
+    fn = peer.functions[fid]
+    assert fn["kind"] == "detector" and [lb["name"] for lb in fn["labels_v2"]] == LABELS
+    assert {lb["type"] for lb in fn["labels_v2"]} == {"rectangle"}
+
+    done = peer.request_annotation(fid, task.task_id, threshold=0.3)
+    _cvat_cli(tmp_path, peer, "function", "run-agent", str(fid), *_function_args(demo_weights), "--burst")
+    assert peer.ars[done]["status"] == "finished", peer.ars[done]
+    shapes = server_shapes(peer, task.task_id)
+    assert shapes and all(s["source"] == "auto" and 0.3 <= s["score"] <= 1 for s in shapes)
+    _assert_prelabelled(conn, task.task_id)
+
+    # a request the function cannot serve (a task without its labels) fails with CVAT's message,
+    # and the agent goes on: the next request is served
+    bad = conn.create_task("no-shapes", [tmp_path / "img" / "img0000.png"], ["car"])
+    failing = peer.request_annotation(fid, bad.task_id)
+    again = peer.request_annotation(fid, task.task_id, threshold=0.3, cleanup=True)
+    _cvat_cli(tmp_path, peer, "function", "run-agent", str(fid), *_function_args(demo_weights), "--burst")
+    assert peer.ars[failing]["status"] == "failed"
+    assert "label 'circle' is not in dataset" in peer.ars[failing]["exc_info"]
+    assert peer.ars[again]["status"] == "finished"
+    after = server_shapes(peer, task.task_id)  # cleanup replaced the first result, not doubled it
+    assert len(after) == len(shapes) and not {s["id"] for s in after} & {s["id"] for s in shapes}
 
 
 # ---------------------------------------------------------------------- a real CVAT (opt-in)

@@ -33,6 +33,8 @@ Implemented (schema component in brackets):
   [QualityReport] (recorded 2.73 shape: note cvat-sdk 2.80's model wants ``summary.jobs.completed``,
   which a 2.73 server does not send).
 
+Agent functions (`cvat-cli function create-native` / `run-agent`): see :mod:`tests.cvat_peer.functions`.
+
 Switches for failure tests: :meth:`CvatPeer.fail` answers the next N matching requests with an
 error (optionally after applying the write, i.e. a lost response), :meth:`CvatPeer.stop` takes it
 down, and :attr:`CvatPeer.log` records every request.
@@ -56,15 +58,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cvat_sdk.api_client import Configuration, models
-from cvat_sdk.api_client.model_utils import validate_and_convert_types
+from cvat_sdk.api_client import models
 from flask import Flask, Request, Response, request
 from PIL import Image
 from werkzeug.serving import make_server
 
+from tests.cvat_peer.functions import FunctionsMixin
+from tests.cvat_peer.http import HttpError, reply, validate
+
 REFERENCE = Path("/work/shared/reference/cvat-2.73")
-CT = "application/vnd.cvat+json"
-_CFG = Configuration()
 
 # the fields a new task and a new job of uploaded images start with
 _NEW_IMAGESET: dict[str, Any] = {
@@ -80,12 +82,6 @@ _NEW_IMAGESET: dict[str, Any] = {
 
 def _load(name: str) -> list[dict[str, Any]]:
     return json.loads((REFERENCE / f"{name}.json").read_text())["results"]
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, detail: Any) -> None:
-        super().__init__(detail)
-        self.status, self.detail = status, detail
 
 
 @dataclass
@@ -110,36 +106,7 @@ class Upload:
     files: list[tuple[str, bytes]] = field(default_factory=list)
 
 
-def _check_keys(value: Any, model: type, path: str) -> None:
-    """cvat-sdk models keep unknown keys; CVAT's serializers drop or reject them. Reject here."""
-    if isinstance(value, list):
-        for i, v in enumerate(value):
-            _check_keys(v, model, f"{path}[{i}]")
-        return
-    if not isinstance(value, dict) or not hasattr(model, "openapi_types"):
-        return
-    types = model.openapi_types
-    for k, v in value.items():
-        if k not in types:
-            raise HttpError(400, {path: f"unknown field {k!r}"})
-        for t in types[k]:
-            inner = t[0] if isinstance(t, list) else t
-            if isinstance(inner, type) and hasattr(inner, "openapi_types"):
-                _check_keys(v, inner, f"{path}.{k}")
-
-
-def validate(payload: Any, model: type) -> Any:
-    """Validate a request body with cvat-sdk's generated model, as CVAT's serializer would."""
-    if not isinstance(payload, dict):
-        raise HttpError(400, {"detail": "JSON object expected"})
-    _check_keys(payload, model, model.__name__)
-    try:
-        return validate_and_convert_types(payload, (model,), [model.__name__], True, True, _CFG)
-    except Exception as e:
-        raise HttpError(400, {"detail": f"{model.__name__}: {type(e).__name__}: {e}"}) from e
-
-
-class CvatPeer:
+class CvatPeer(FunctionsMixin):
     """The peer's state and its HTTP server; start() binds 127.0.0.1 on a free port."""
 
     def __init__(self, users: dict[str, str] | None = None, page_size: int = 10) -> None:
@@ -203,6 +170,7 @@ class CvatPeer:
         self.versions: dict[int, int] = {}
         self.uploads: dict[int, Upload] = {}
         self.rq: dict[str, dict[str, Any]] = {}
+        self._init_functions()
         self.app = self._make_app()
 
     # ------------------------------------------------------------------ lifecycle
@@ -348,12 +316,12 @@ class CvatPeer:
             peer.log.append((request.method, request.path, user))
             failure = peer._take_failure()
             if failure and not failure.apply:
-                return _json({"detail": f"injected {failure.status}"}, failure.status)
+                return reply({"detail": f"injected {failure.status}"}, failure.status)
             request.environ["peer.failure"] = failure
             if request.path in ("/api/auth/login", "/api/server/about"):
                 return None
             if user is None:
-                return _json({"detail": "Authentication credentials were not provided."}, 401)
+                return reply({"detail": "Authentication credentials were not provided."}, 401)
             request.environ["peer.user"] = user
             return None
 
@@ -361,12 +329,12 @@ class CvatPeer:
         def _lost_response(resp: Response) -> Response:
             failure = request.environ.get("peer.failure")
             if failure is not None:
-                return _json({"detail": f"injected {failure.status} after applying"}, failure.status)
+                return reply({"detail": f"injected {failure.status} after applying"}, failure.status)
             return resp
 
         @app.errorhandler(HttpError)
         def _http_error(e: HttpError) -> Response:
-            return _json(e.detail, e.status)
+            return reply(e.detail, e.status)
 
         routes = {
             ("POST", "/api/auth/login"): self.login,
@@ -392,6 +360,7 @@ class CvatPeer:
             ("GET", "/api/issues"): self.list_issues,
             ("GET", "/api/comments"): self.list_comments,
             ("GET", "/api/quality/reports"): self.list_reports,
+            **self.function_routes(),
         }
         for (method, rule), fn in routes.items():
             app.add_url_rule(rule, f"{method} {rule}", fn, methods=[method])
@@ -444,7 +413,7 @@ class CvatPeer:
             args = dict(request.args, page=str(p))
             return f"{self.url}{request.path}?" + "&".join(f"{k}={v}" for k, v in args.items())
 
-        return _json(
+        return reply(
             {
                 "count": len(items),
                 "next": link(page + 1) if start + size < len(items) else None,
@@ -486,17 +455,17 @@ class CvatPeer:
         key, sid, csrf = secrets.token_hex(20), secrets.token_hex(16), secrets.token_hex(16)
         self.sessions[key] = self.sessions[sid] = user
         self.csrf[sid] = csrf
-        resp = _json({"key": key})
+        resp = reply({"key": key})
         resp.set_cookie("sessionid", sid)
         resp.set_cookie("csrftoken", csrf)
         return resp
 
     def logout(self) -> Response:
         self.sessions.pop(request.cookies.get("sessionid", ""), None)
-        return _json({"detail": "Successfully logged out."})
+        return reply({"detail": "Successfully logged out."})
 
     def about(self) -> Response:
-        return _json(
+        return reply(
             {
                 "name": "Computer Vision Annotation Tool",
                 "description": "CVAT is completely re-designed and re-implemented version of ...",
@@ -508,7 +477,7 @@ class CvatPeer:
 
     def user_self(self) -> Response:
         u = self.users[request.environ["peer.user"]]
-        return _json(
+        return reply(
             dict(
                 u,
                 email=f"{u['username']}@example.com",
@@ -587,10 +556,10 @@ class CvatPeer:
             p["tasks"] = {"count": 0, "url": f"{self.url}/api/tasks?project_id={pid}"}
             self.projects[pid] = p
             self._make_labels(getattr(spec, "labels", []), project_id=pid)
-            return _json(p, 201)
+            return reply(p, 201)
 
     def get_project(self, pid: int) -> Response:
-        return _json(self._get(self.projects, pid, "project"))
+        return reply(self._get(self.projects, pid, "project"))
 
     def list_tasks(self) -> Response:
         return self._page(self._filtered(list(self.tasks.values()), ("name", "project_id", "subset", "id")))
@@ -628,7 +597,7 @@ class CvatPeer:
             self.shapes[tid], self.tags[tid], self.versions[tid] = {}, {}, 0
             if pid is None:
                 self._make_labels(spec.labels, task_id=tid)
-            return _json(t, 201)
+            return reply(t, 201)
 
     def _get(self, store: dict[int, Any], oid: int, what: str) -> Any:
         if oid not in store:
@@ -636,7 +605,7 @@ class CvatPeer:
         return store[oid]
 
     def get_task(self, tid: int) -> Response:
-        return _json(self._get(self.tasks, tid, "task"))
+        return reply(self._get(self.tasks, tid, "task"))
 
     def delete_task(self, tid: int) -> Response:
         with self._lock:
@@ -685,7 +654,7 @@ class CvatPeer:
             rq_id = f"action=create&target=task&target_id={tid}"
             self.rq[rq_id] = {"tid": tid, "polls": 0, "created": self.now()}
             self._build_task_data(task, up, spec, rq_id)
-            return _json({"rq_id": rq_id}, 202)
+            return reply({"rq_id": rq_id}, 202)
         raise HttpError(400, {"detail": "a single Data request is not supported by this peer"})
 
     def _build_task_data(self, task: dict[str, Any], up: Upload, spec: Any, rq_id: str) -> None:
@@ -769,12 +738,12 @@ class CvatPeer:
         }
         if status == "finished":
             out.update(finished_date=self.now(), result_id=rq["tid"])
-        return _json(out)
+        return reply(out)
 
     def data_meta(self, tid: int) -> Response:
         task = self._get(self.tasks, tid, "task")
         frames = self.frames.get(tid, [])
-        return _json(
+        return reply(
             {
                 "chunks_updated_date": task["updated_date"],
                 "chunk_size": task["data_chunk_size"],
@@ -826,10 +795,10 @@ class CvatPeer:
             raise HttpError(400, {"type": ["only ground_truth jobs can be created"]})
         frames = list(getattr(spec, "frames", []) or [0])
         with self._lock:
-            return _json(self._create_job(spec.task_id, min(frames), max(frames), "ground_truth"), 201)
+            return reply(self._create_job(spec.task_id, min(frames), max(frames), "ground_truth"), 201)
 
     def get_job(self, jid: int) -> Response:
-        return _json(self._get(self.jobs, jid, "job"))
+        return reply(self._get(self.jobs, jid, "job"))
 
     def patch_job(self, jid: int) -> Response:
         spec = validate(request.get_json(silent=True), models.PatchedJobWriteRequest)
@@ -841,7 +810,7 @@ class CvatPeer:
         if hasattr(spec, "assignee"):
             user = next((n for n, u in self.users.items() if u["id"] == spec.assignee), None)
             changes["assignee"] = user
-        return _json(self.set_job(job["id"], **changes))
+        return reply(self.set_job(job["id"], **changes))
 
     # ------------------------------------------------------------------ annotations
 
@@ -857,12 +826,12 @@ class CvatPeer:
             rec = (self.recorded_task_ann if kind == "tasks" else self.recorded_job_ann).get(oid)
             if request.method != "GET" or rec is None:
                 raise HttpError(405, {"detail": "recorded objects are read-only in this peer"})
-            return _json(rec)
+            return reply(rec)
         with self._lock:
             shapes = self.gt_shapes[gt] if gt else self.shapes[tid]
             tags = {} if gt else self.tags[tid]
             if request.method == "GET":
-                return _json(self._labeled_data(tid, shapes, tags, lo, hi))
+                return reply(self._labeled_data(tid, shapes, tags, lo, hi))
             if request.method == "DELETE":
                 self._drop(shapes, tags, lo, hi)
                 self._touch(tid, lo, hi, gt)
@@ -881,7 +850,7 @@ class CvatPeer:
                 written = self._write(tid, body, shapes, tags, lo, hi, action)
             self.versions[tid] += 1
             self._touch(tid, lo, hi, gt, written)
-            return _json({"version": self.versions[tid], **written, "tracks": [], "intervals": []})
+            return reply({"version": self.versions[tid], **written, "tracks": [], "intervals": []})
 
     def _labeled_data(
         self, tid: int, shapes: dict[int, Any], tags: dict[int, Any], lo: int, hi: int
@@ -1011,10 +980,6 @@ class CvatPeer:
 
 class _BigFormRequest(Request):
     max_form_parts = 100_000
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(json.dumps(data), status=status, content_type=CT)
 
 
 def _free_port() -> int:
