@@ -30,6 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 REVIEW_STAGES = frozenset({"validation", "acceptance"})
+# how far back each pull lists again, for writes that commit after a newer one was listed
+PULL_OVERLAP = timedelta(seconds=5)
 _CFG = Configuration()
 
 
@@ -138,16 +141,22 @@ class PullCursor:
 
     since: str | None = None
     annotators: dict[int, str] = field(default_factory=dict)
+    seen: dict[int, str] = field(default_factory=dict)  # job -> updated_date read, near ``since``
 
     def to_json(self) -> str:
         return json.dumps(
-            {"since": self.since, "annotators": {str(k): v for k, v in self.annotators.items()}}
+            {
+                "since": self.since,
+                "annotators": {str(k): v for k, v in self.annotators.items()},
+                "seen": {str(k): v for k, v in self.seen.items()},
+            }
         )
 
     @classmethod
     def from_json(cls, text: str) -> PullCursor:
         d = json.loads(text)
-        return cls(d.get("since"), {int(k): v for k, v in (d.get("annotators") or {}).items()})
+        ints = lambda m: {int(k): v for k, v in (m or {}).items()}  # noqa: E731
+        return cls(d.get("since"), ints(d.get("annotators")), ints(d.get("seen")))
 
 
 @dataclass
@@ -557,12 +566,15 @@ class CvatConnector:
     def pull(self, task_id: int, cursor: PullCursor | None = None) -> PullResult:
         """Annotations and QA metadata of the jobs updated since ``cursor.since`` (all when None).
 
-        The cursor compares with ``>=`` so an edit made in the same instant as the last pull is
-        never lost; a job seen twice is re-read, which is harmless.
+        CVAT stamps ``updated_date`` when a write starts, so a slow write can commit after a
+        pull listed newer jobs, with a date below that pull's cursor. The listing therefore
+        reaches ``PULL_OVERLAP`` back, and jobs read at exactly the date they still carry
+        (``cursor.seen``) are skipped: nothing is lost and nothing unchanged comes back.
         """
         cursor = cursor or PullCursor()
         annotators = dict(cursor.annotators)
-        jobs = self._jobs(task_id, since=cursor.since)
+        listed = self._jobs(task_id, since=_shift(cursor.since, -PULL_OVERLAP))
+        jobs = [j for j in listed if cursor.seen.get(j.id) != _iso(j.updated_date)]
         labels = self._labels(task_id)
         _, meta = self._frame_index(task_id) if jobs else ({}, [])
         issues = self._issues(task_id, cursor.since) if jobs or cursor.since is None else []
@@ -602,7 +614,9 @@ class CvatConnector:
             )
             newest = max(filter(None, [newest, _iso(job.updated_date)]))
         reports = self._quality_reports(task_id)
-        return PullResult(items, gt, out_jobs, reports, PullCursor(newest, annotators))
+        floor = _shift(newest, -PULL_OVERLAP)
+        seen = {j.id: _iso(j.updated_date) for j in listed if floor is None or _iso(j.updated_date) >= floor}
+        return PullResult(items, gt, out_jobs, reports, PullCursor(newest, annotators, seen))
 
     def _to_items(
         self,
@@ -739,6 +753,15 @@ def _source(obj: Any) -> str:
 
 def _username(user: Any) -> str | None:
     return getattr(user, "username", None) if user else None
+
+
+def _shift(stamp: str | None, delta: timedelta) -> str | None:
+    """A CVAT timestamp moved by ``delta``, in the same format (so string order is time order)."""
+    if stamp is None:
+        return None
+    return _iso(
+        datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone(UTC).replace(tzinfo=None) + delta
+    )
 
 
 def _iso(d: Any) -> str:

@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -196,8 +197,17 @@ def test_human_edits_incremental_pull_and_qa(tmp_path: Path, peer: CvatPeer, con
     assert second.quality_reports[0]["target"] == "task"
     assert second.cursor.since > cursor.since
 
-    third = conn.pull(task.task_id, second.cursor)  # nothing new: only the boundary job comes back
-    assert len(third.jobs) <= 1
+    third = conn.pull(task.task_id, second.cursor)  # nothing new, nothing comes back
+    assert third.jobs == [] and third.items == [] and third.cursor.since == second.cursor.since
+
+    # a write that started before the last pull but committed after it carries an older date
+    late = (datetime.fromisoformat(second.cursor.since) - timedelta(seconds=1)).strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ"
+    )
+    peer.set_job(j1, state="completed", updated_date=late)
+    fourth = conn.pull(task.task_id, PullCursor.from_json(third.cursor.to_json()))
+    assert [(j.id, j.state) for j in fourth.jobs] == [(j1, "completed")]
+    assert conn.pull(task.task_id, fourth.cursor).jobs == []
 
 
 def test_semi_auto_shapes_pull_as_human_with_raw_source_kept(

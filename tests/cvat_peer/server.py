@@ -229,14 +229,14 @@ class CvatPeer(FunctionsMixin):
         return {k: u[k] for k in ("first_name", "id", "last_name", "url", "username")}
 
     def set_job(self, job_id: int, **changes: Any) -> dict[str, Any]:
-        """Change stage/state/assignee (a username) as a QA lead would in the UI."""
+        """Change stage/state/assignee (a username) as a QA lead would in the UI. An explicit
+        ``updated_date`` stands for a write whose transaction committed after later ones had."""
         with self._lock:
             job = self.jobs[job_id]
             if "assignee" in changes:
                 changes["assignee"] = self._user_ref(changes["assignee"])
                 changes["assignee_updated_date"] = self.now()
-            job.update(changes)
-            job["updated_date"] = self.now()
+            job.update({"updated_date": self.now(), **changes})
             return job
 
     def add_gt_job(self, task_id: int, frames: list[int]) -> dict[str, Any]:
