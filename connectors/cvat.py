@@ -116,6 +116,11 @@ class Issue:
     updated_date: str
     comments: list[Comment]
 
+    @property
+    def last_activity(self) -> str:
+        """A reply may leave the issue's own date alone, so its newest comment counts too."""
+        return max([self.updated_date, *(c.created_date for c in self.comments)])
+
 
 @dataclass(frozen=True)
 class JobQA:
@@ -575,14 +580,20 @@ class CvatConnector:
         annotators = dict(cursor.annotators)
         listed = self._jobs(task_id, since=_shift(cursor.since, -PULL_OVERLAP))
         jobs = [j for j in listed if cursor.seen.get(j.id) != _iso(j.updated_date)]
+        issues = self._issues(task_id)
+        active = [i for i in issues if cursor.since is None or i.last_activity > cursor.since]
+        # a job whose only news is an issue or a reply comes back with its QA, without annotations
+        qa_only = sorted({i.job_id for i in active} - {j.id for j in jobs})
         labels = self._labels(task_id)
         _, meta = self._frame_index(task_id) if jobs else ({}, [])
-        issues = self._issues(task_id, cursor.since) if jobs or cursor.since is None else []
         items: list[ImageItem] = []
         gt: list[ImageItem] = []
         out_jobs: list[JobQA] = []
-        newest = cursor.since
-        for job in jobs:
+        newest = max(filter(None, [cursor.since, *(i.last_activity for i in active)]), default=None)
+        for job in [*jobs, *(self._job(j) for j in qa_only)]:
+            out_jobs.append(self._job_qa(task_id, job, issues))
+            if job.id in qa_only:
+                continue
             stage, assignee = _value(job.stage), _username(job.assignee)
             if stage == "annotation" and assignee:
                 annotators[job.id] = assignee
@@ -598,25 +609,31 @@ class CvatConnector:
             }
             frame_items = self._to_items(task_id, job, data, meta, labels, prov_common)
             (gt if is_gt else items).extend(frame_items)
-            out_jobs.append(
-                JobQA(
-                    job.id,
-                    task_id,
-                    _value(job.type),
-                    stage,
-                    _value(job.state),
-                    assignee,
-                    _iso(job.updated_date),
-                    job.start_frame,
-                    job.stop_frame,
-                    [i for i in issues if i.job_id == job.id],
-                )
-            )
             newest = max(filter(None, [newest, _iso(job.updated_date)]))
         reports = self._quality_reports(task_id)
         floor = _shift(newest, -PULL_OVERLAP)
         seen = {j.id: _iso(j.updated_date) for j in listed if floor is None or _iso(j.updated_date) >= floor}
         return PullResult(items, gt, out_jobs, reports, PullCursor(newest, annotators, seen))
+
+    def _job(self, job_id: int) -> Any:
+        return self._with_retry(
+            f"read job {job_id}", lambda: self.client.api_client.jobs_api.retrieve(job_id)
+        )[0]
+
+    @staticmethod
+    def _job_qa(task_id: int, job: Any, issues: list[Issue]) -> JobQA:
+        return JobQA(
+            job.id,
+            task_id,
+            _value(job.type),
+            _value(job.stage),
+            _value(job.state),
+            _username(job.assignee),
+            _iso(job.updated_date),
+            job.start_frame,
+            job.stop_frame,
+            [i for i in issues if i.job_id == job.id],
+        )
 
     def _to_items(
         self,
@@ -666,33 +683,30 @@ class CvatConnector:
             for f, regions in sorted(by_frame.items())
         ]
 
-    def _issues(self, task_id: int, since: str | None) -> list[Issue]:
-        """Issues of the task (CVAT cannot filter them by date, so it is done here) with comments."""
+    def _issues(self, task_id: int) -> list[Issue]:
+        """Every issue of the task with its comments (one comment listing per job with issues)."""
         raw = self._raw_list("/api/issues", task_id=task_id)
-        out = []
-        for i in raw:
-            if since and i["updated_date"] < since:
-                continue
-            comments = self._raw_list("/api/comments", issue_id=i["id"])
-            out.append(
-                Issue(
-                    i["id"],
-                    i["job"],
-                    i["frame"],
-                    list(i.get("position") or []),
-                    bool(i.get("resolved")),
-                    (i.get("owner") or {}).get("username"),
-                    (i.get("assignee") or {}).get("username"),
-                    i["updated_date"],
-                    [
-                        Comment(
-                            c["id"], (c.get("owner") or {}).get("username"), c["message"], c["created_date"]
-                        )
-                        for c in sorted(comments, key=lambda c: c["id"])
-                    ],
+        comments: dict[int, list[Comment]] = {}
+        for job_id in sorted({i["job"] for i in raw}):
+            for c in self._raw_list("/api/comments", job_id=job_id):
+                owner = (c.get("owner") or {}).get("username")
+                comments.setdefault(c["issue"], []).append(
+                    Comment(c["id"], owner, c["message"], c["created_date"])
                 )
+        return [
+            Issue(
+                i["id"],
+                i["job"],
+                i["frame"],
+                list(i.get("position") or []),
+                bool(i.get("resolved")),
+                (i.get("owner") or {}).get("username"),
+                (i.get("assignee") or {}).get("username"),
+                i["updated_date"],
+                sorted(comments.get(i["id"], []), key=lambda c: c.id),
             )
-        return out
+            for i in raw
+        ]
 
     def _quality_reports(self, task_id: int) -> list[dict[str, Any]]:
         """Task and job quality reports, newest first, as CVAT sends them.

@@ -207,7 +207,21 @@ def test_human_edits_incremental_pull_and_qa(tmp_path: Path, peer: CvatPeer, con
     peer.set_job(j1, state="completed", updated_date=late)
     fourth = conn.pull(task.task_id, PullCursor.from_json(third.cursor.to_json()))
     assert [(j.id, j.state) for j in fourth.jobs] == [(j1, "completed")]
-    assert conn.pull(task.task_id, fourth.cursor).jobs == []
+    fifth = conn.pull(task.task_id, fourth.cursor)
+    assert fifth.jobs == []
+
+    # QA without a save (CVAT need not touch the job): an issue, then a reply, each come back
+    # once, as the job's QA without re-reading its annotations
+    reads = peer.count("GET", rf"/api/jobs/{j1}/annotations")
+    new_issue = peer.add_issue(j1, 0, "missed a circle", "reviewer")
+    sixth = conn.pull(task.task_id, fifth.cursor)
+    assert [(j.id, [i.id for i in j.issues]) for j in sixth.jobs] == [(j1, [new_issue])]
+    assert sixth.items == [] and peer.count("GET", rf"/api/jobs/{j1}/annotations") == reads
+    peer.add_comment(issue, "still loose", "reviewer")  # a reply on job 2's older issue
+    seventh = conn.pull(task.task_id, sixth.cursor)
+    assert [j.id for j in seventh.jobs] == [j2]
+    assert [c.message for c in seventh.jobs[0].issues[0].comments][-1] == "still loose"
+    assert conn.pull(task.task_id, seventh.cursor).jobs == []
 
 
 def test_semi_auto_shapes_pull_as_human_with_raw_source_kept(
