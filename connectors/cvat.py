@@ -169,7 +169,7 @@ class PullResult:
     items: list[ImageItem]  # frames of annotation jobs changed since the cursor
     ground_truth: list[ImageItem]  # frames of ground-truth jobs changed since the cursor
     jobs: list[JobQA]
-    quality_reports: list[dict[str, Any]]  # as CVAT sends them (QualityReport)
+    quality_reports: list[dict[str, Any]]  # made since the cursor, as CVAT sends them (QualityReport)
     cursor: PullCursor
 
 
@@ -610,7 +610,12 @@ class CvatConnector:
             frame_items = self._to_items(task_id, job, data, meta, labels, prov_common)
             (gt if is_gt else items).extend(frame_items)
             newest = max(filter(None, [newest, _iso(job.updated_date)]))
-        reports = self._quality_reports(task_id)
+        reports = [
+            r
+            for r in self._quality_reports(task_id)
+            if cursor.since is None or r["created_date"] > cursor.since
+        ]
+        newest = max(filter(None, [newest, *(r["created_date"] for r in reports)]), default=None)
         floor = _shift(newest, -PULL_OVERLAP)
         seen = {j.id: _iso(j.updated_date) for j in listed if floor is None or _iso(j.updated_date) >= floor}
         return PullResult(items, gt, out_jobs, reports, PullCursor(newest, annotators, seen))

@@ -198,7 +198,8 @@ def test_human_edits_incremental_pull_and_qa(tmp_path: Path, peer: CvatPeer, con
     assert second.cursor.since > cursor.since
 
     third = conn.pull(task.task_id, second.cursor)  # nothing new, nothing comes back
-    assert third.jobs == [] and third.items == [] and third.cursor.since == second.cursor.since
+    assert third.jobs == [] and third.items == [] and third.quality_reports == []
+    assert third.cursor.since == second.cursor.since
 
     # a write that started before the last pull but committed after it carries an older date
     late = (datetime.fromisoformat(second.cursor.since) - timedelta(seconds=1)).strftime(
