@@ -121,6 +121,11 @@ class Issue:
         """A reply may leave the issue's own date alone, so its newest comment counts too."""
         return max([self.updated_date, *(c.created_date for c in self.comments)])
 
+    @property
+    def state(self) -> str:
+        """What a pull remembers of it: a late reply dated below the newest one changes the count."""
+        return f"{self.last_activity}#{len(self.comments)}#{int(self.resolved)}"
+
 
 @dataclass(frozen=True)
 class JobQA:
@@ -146,22 +151,30 @@ class PullCursor:
 
     since: str | None = None
     annotators: dict[int, str] = field(default_factory=dict)
-    seen: dict[int, str] = field(default_factory=dict)  # job -> updated_date read, near ``since``
+    # what was read within PULL_OVERLAP of ``since``: "job:ID" / "issue:ID" / "report:ID" -> state
+    seen: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(
             {
                 "since": self.since,
                 "annotators": {str(k): v for k, v in self.annotators.items()},
-                "seen": {str(k): v for k, v in self.seen.items()},
+                "seen": self.seen,
             }
         )
 
     @classmethod
     def from_json(cls, text: str) -> PullCursor:
         d = json.loads(text)
-        ints = lambda m: {int(k): v for k, v in (m or {}).items()}  # noqa: E731
-        return cls(d.get("since"), ints(d.get("annotators")), ints(d.get("seen")))
+        annotators = {int(k): v for k, v in (d.get("annotators") or {}).items()}
+        # cursors written before issues and reports were remembered keyed jobs by bare id
+        seen = {(f"job:{k}" if k.isdigit() else k): v for k, v in (d.get("seen") or {}).items()}
+        return cls(d.get("since"), annotators, seen)
+
+    def is_news(self, key: str, stamp: str, state: str | None = None) -> bool:
+        """Dated within ``PULL_OVERLAP`` of the cursor or later, and not read in this state."""
+        floor = _shift(self.since, -PULL_OVERLAP)
+        return (floor is None or stamp >= floor) and self.seen.get(key) != (state or stamp)
 
 
 @dataclass
@@ -571,17 +584,17 @@ class CvatConnector:
     def pull(self, task_id: int, cursor: PullCursor | None = None) -> PullResult:
         """Annotations and QA metadata of the jobs updated since ``cursor.since`` (all when None).
 
-        CVAT stamps ``updated_date`` when a write starts, so a slow write can commit after a
-        pull listed newer jobs, with a date below that pull's cursor. The listing therefore
-        reaches ``PULL_OVERLAP`` back, and jobs read at exactly the date they still carry
-        (``cursor.seen``) are skipped: nothing is lost and nothing unchanged comes back.
+        CVAT stamps ``updated_date`` (and a comment's ``created_date``) when a write starts, so a
+        slow write can commit after a pull read newer ones, dated below that pull's cursor. Each
+        pull therefore reaches ``PULL_OVERLAP`` back and skips what it already read in the state
+        it still has (``cursor.seen``): nothing is lost and nothing unchanged comes back.
         """
         cursor = cursor or PullCursor()
         annotators = dict(cursor.annotators)
         listed = self._jobs(task_id, since=_shift(cursor.since, -PULL_OVERLAP))
-        jobs = [j for j in listed if cursor.seen.get(j.id) != _iso(j.updated_date)]
+        jobs = [j for j in listed if cursor.is_news(f"job:{j.id}", _iso(j.updated_date))]
         issues = self._issues(task_id)
-        active = [i for i in issues if cursor.since is None or i.last_activity > cursor.since]
+        active = [i for i in issues if cursor.is_news(f"issue:{i.id}", i.last_activity, i.state)]
         # a job whose only news is an issue or a reply comes back with its QA, without annotations
         qa_only = sorted({i.job_id for i in active} - {j.id for j in jobs})
         labels = self._labels(task_id)
@@ -589,7 +602,6 @@ class CvatConnector:
         items: list[ImageItem] = []
         gt: list[ImageItem] = []
         out_jobs: list[JobQA] = []
-        newest = max(filter(None, [cursor.since, *(i.last_activity for i in active)]), default=None)
         for job in [*jobs, *(self._job(j) for j in qa_only)]:
             out_jobs.append(self._job_qa(task_id, job, issues))
             if job.id in qa_only:
@@ -609,15 +621,22 @@ class CvatConnector:
             }
             frame_items = self._to_items(task_id, job, data, meta, labels, prov_common)
             (gt if is_gt else items).extend(frame_items)
-            newest = max(filter(None, [newest, _iso(job.updated_date)]))
-        reports = [
-            r
-            for r in self._quality_reports(task_id)
-            if cursor.since is None or r["created_date"] > cursor.since
+        all_reports = self._quality_reports(task_id)
+        reports = [r for r in all_reports if cursor.is_news(f"report:{r['id']}", r["created_date"])]
+        # everything read, with the date it is news by and the state it was read in
+        read = [
+            *((f"job:{j.id}", _iso(j.updated_date), _iso(j.updated_date)) for j in listed),
+            *((f"issue:{i.id}", i.last_activity, i.state) for i in issues),
+            *((f"report:{r['id']}", r["created_date"], r["created_date"]) for r in all_reports),
         ]
-        newest = max(filter(None, [newest, *(r["created_date"] for r in reports)]), default=None)
+        news = [
+            *(_iso(j.updated_date) for j in jobs),
+            *(i.last_activity for i in active),
+            *(r["created_date"] for r in reports),
+        ]
+        newest = max(filter(None, [cursor.since, *news]), default=None)
         floor = _shift(newest, -PULL_OVERLAP)
-        seen = {j.id: _iso(j.updated_date) for j in listed if floor is None or _iso(j.updated_date) >= floor}
+        seen = {key: state for key, stamp, state in read if floor is None or stamp >= floor}
         return PullResult(items, gt, out_jobs, reports, PullCursor(newest, annotators, seen))
 
     def _job(self, job_id: int) -> Any:

@@ -202,10 +202,7 @@ def test_human_edits_incremental_pull_and_qa(tmp_path: Path, peer: CvatPeer, con
     assert third.cursor.since == second.cursor.since
 
     # a write that started before the last pull but committed after it carries an older date
-    late = (datetime.fromisoformat(second.cursor.since) - timedelta(seconds=1)).strftime(
-        "%Y-%m-%dT%H:%M:%S.%fZ"
-    )
-    peer.set_job(j1, state="completed", updated_date=late)
+    peer.set_job(j1, state="completed", updated_date=_before(second.cursor))
     fourth = conn.pull(task.task_id, PullCursor.from_json(third.cursor.to_json()))
     assert [(j.id, j.state) for j in fourth.jobs] == [(j1, "completed")]
     fifth = conn.pull(task.task_id, fourth.cursor)
@@ -223,6 +220,24 @@ def test_human_edits_incremental_pull_and_qa(tmp_path: Path, peer: CvatPeer, con
     assert [j.id for j in seventh.jobs] == [j2]
     assert [c.message for c in seventh.jobs[0].issues[0].comments][-1] == "still loose"
     assert conn.pull(task.task_id, seventh.cursor).jobs == []
+
+    # a reply and a quality report that committed late, dated before the last pull, still come
+    # back once, although the reply is not the issue's newest activity
+    peer.add_comment(issue, "late reply", "annotator", created_date=_before(seventh.cursor, 0.5))
+    late_report = peer.add_quality_report(task.task_id, created_date=_before(seventh.cursor))
+    eighth = conn.pull(task.task_id, PullCursor.from_json(seventh.cursor.to_json()))
+    assert [j.id for j in eighth.jobs] == [j2]
+    assert "late reply" in [c.message for c in eighth.jobs[0].issues[0].comments]
+    assert [r["id"] for r in eighth.quality_reports] == [late_report]
+    ninth = conn.pull(task.task_id, eighth.cursor)
+    assert ninth.jobs == [] and ninth.quality_reports == []
+
+
+def _before(cursor: PullCursor, seconds: float = 1.0) -> str:
+    """A CVAT timestamp ``seconds`` before the cursor: a write that started before that pull."""
+    assert cursor.since
+    stamp = datetime.fromisoformat(cursor.since) - timedelta(seconds=seconds)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def test_semi_auto_shapes_pull_as_human_with_raw_source_kept(

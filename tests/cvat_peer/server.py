@@ -263,20 +263,24 @@ class CvatPeer(FunctionsMixin):
             self.add_comment(iid, message, owner)
             return iid
 
-    def add_comment(self, issue_id: int, message: str, owner: str) -> int:
+    def add_comment(self, issue_id: int, message: str, owner: str, created_date: str | None = None) -> int:
+        """A reply; an explicit ``created_date`` stands for one that committed late (see set_job)."""
         with self._lock:
             cid = next(self._ids["comment"])
-            now = self.now()
+            now = created_date or self.now()
             c = dict(
                 self._tpl["comment"], id=cid, issue=issue_id, message=message, owner=self._user_ref(owner)
             )
             c.update(created_date=now, updated_date=now)
             self.comments[cid] = c
             self.issues[issue_id]["comments"]["count"] += 1
-            self.issues[issue_id]["updated_date"] = now
+            issue = self.issues[issue_id]
+            issue["updated_date"] = max(issue["updated_date"], now)
             return cid
 
-    def add_quality_report(self, task_id: int, job_id: int | None = None, **summary: Any) -> int:
+    def add_quality_report(
+        self, task_id: int, job_id: int | None = None, created_date: str | None = None, **summary: Any
+    ) -> int:
         """A quality report shaped as the recorded ones (summary numbers overridable)."""
         with self._lock:
             rid = next(self._ids["report"])
@@ -289,7 +293,7 @@ class CvatPeer(FunctionsMixin):
                 project_id=task["project_id"],
                 parent_id=None,
                 target="job" if job_id else "task",
-                created_date=self.now(),
+                created_date=created_date or self.now(),
                 target_last_updated=task["updated_date"],
             )
             if job_id is None:
