@@ -20,6 +20,14 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 from tests.helpers import BackendProcess, redis_or_fail  # noqa: E402
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # pycocotools' own RLE decoding trips numpy 2's copy-keyword deprecation hundreds of times per
+    # run; it is theirs to fix and drowns out warnings about our code
+    config.addinivalue_line(
+        "filterwarnings", "ignore:__array__ implementation:DeprecationWarning:pycocotools"
+    )
+
+
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
     from labelloop.settings import default_cache_dir
