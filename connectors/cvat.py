@@ -629,11 +629,7 @@ class CvatConnector:
             *((f"issue:{i.id}", i.last_activity, i.state) for i in issues),
             *((f"report:{r['id']}", r["created_date"], r["created_date"]) for r in all_reports),
         ]
-        news = [
-            *(_iso(j.updated_date) for j in jobs),
-            *(i.last_activity for i in active),
-            *(r["created_date"] for r in reports),
-        ]
+        news = [stamp for key, stamp, state in read if cursor.is_news(key, stamp, state)]
         newest = max(filter(None, [cursor.since, *news]), default=None)
         floor = _shift(newest, -PULL_OVERLAP)
         seen = {key: state for key, stamp, state in read if floor is None or stamp >= floor}

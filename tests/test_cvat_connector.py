@@ -11,14 +11,14 @@ import math
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 from cvat_sdk import make_client, models
 
-from labelloop.connectors.cvat import MACHINE_SOURCES, CvatConnector, PullCursor
+from labelloop.connectors.cvat import MACHINE_SOURCES, CvatConnector, PullCursor, _shift
 from labelloop.errors import ConfigError, FetchError, RemoteError
 from labelloop.types import Box, ImageItem, Region, Source
 from tests.cvat_peer import CvatPeer, patch_job_shapes
@@ -235,9 +235,9 @@ def test_human_edits_incremental_pull_and_qa(tmp_path: Path, peer: CvatPeer, con
 
 def _before(cursor: PullCursor, seconds: float = 1.0) -> str:
     """A CVAT timestamp ``seconds`` before the cursor: a write that started before that pull."""
-    assert cursor.since
-    stamp = datetime.fromisoformat(cursor.since) - timedelta(seconds=seconds)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    stamp = _shift(cursor.since, -timedelta(seconds=seconds))
+    assert stamp
+    return stamp
 
 
 def test_semi_auto_shapes_pull_as_human_with_raw_source_kept(

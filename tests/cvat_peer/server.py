@@ -273,8 +273,8 @@ class CvatPeer(FunctionsMixin):
             )
             c.update(created_date=now, updated_date=now)
             self.comments[cid] = c
-            self.issues[issue_id]["comments"]["count"] += 1
             issue = self.issues[issue_id]
+            issue["comments"]["count"] += 1
             issue["updated_date"] = max(issue["updated_date"], now)
             return cid
 
