@@ -117,7 +117,7 @@ def create(
     runtime: str = "auto",
 ) -> YoloDetectionFunction:
     """The factory ``cvat-cli ... -p model=str:PATH -p conf=float:0.3`` calls (empty model: demo)."""
-    from labelloop.backend.predictor import Predictor
+    from labelloop.backend.inference.predictor import Predictor
     from labelloop.settings import Settings
 
     settings = Settings(

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench_common import environment, write_result  # noqa: E402
 
-from labelloop.connectors.cvat import CvatConnector  # noqa: E402
+from labelloop.connectors.cvat.connector import CvatConnector  # noqa: E402
 from labelloop.types import Box, ImageItem, Region  # noqa: E402
 from tests.cvat_peer import CvatPeer  # noqa: E402
 

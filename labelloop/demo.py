@@ -13,13 +13,12 @@ console = Console()
 
 
 def run_demo(settings: Settings, port: int, backend_port: int, n_images: int, keep_running: bool) -> None:
-    from labelloop.backend.demo_model import render_shapes
-    from labelloop.backend.predictor import model_version_of
-    from labelloop.backend.serve import BackendProcess
-    from labelloop.cli import resolve_weights
+    from labelloop.backend.inference.demo_model import render_shapes
+    from labelloop.backend.inference.weights import model_version_of, resolve_weights
+    from labelloop.backend.serving.gunicorn import BackendProcess
     from labelloop.connectors.formats.labelstudio import generate_label_config
-    from labelloop.connectors.labelstudio import LabelStudioConnector
-    from labelloop.connectors.labelstudio_server import LabelStudioServer, free_port
+    from labelloop.connectors.labelstudio.connector import LabelStudioConnector
+    from labelloop.connectors.labelstudio.server import LabelStudioServer, free_port
 
     weights = resolve_weights(settings)
     work = settings.cache_dir / "demo"
@@ -39,7 +38,7 @@ def run_demo(settings: Settings, port: int, backend_port: int, n_images: int, ke
     try:
         with console.status("starting the ML backend (gunicorn + rq worker)..."):
             backend = BackendProcess(
-                work / "backend", weights, settings.redis_url, port=_free_or(backend_port, free_port)
+                work / "backend", weights, settings.queue.redis_url, port=_free_or(backend_port, free_port)
             ).start()
         client = LabelStudioConnector(ls.url, ls.token)
         from ultralytics import YOLO  # only for the class names; the backend has its own copy loaded

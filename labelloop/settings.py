@@ -1,19 +1,23 @@
-"""Settings from one place: ``LABELLOOP_*`` environment variables over an optional TOML file.
+"""Settings from one place: ``LABELLOOP_*`` (and ``CVAT_*``) environment variables over an optional
+``labelloop.toml``, grouped in sections by concern.
 
-The file is ``$LABELLOOP_CONFIG`` or ``./labelloop.toml``; nested tables are flattened
-(``[predict] conf = 0.3`` is ``predict_conf``). Validation happens at start so a bad value is
-reported once, by name, before any server starts.
+Every field lives in a section (``settings.predict.conf``, ``settings.store.url``); its
+environment variable is flat and named once in ``Section.env_prefix`` (``LABELLOOP_CONF``,
+``LABELLOOP_STORE_URL``, ``CVAT_URL``) and its TOML key is the section table
+(``[predict] conf = 0.3``). This module is the only reader of those variables: nothing else
+reads or writes ``os.environ`` for settings. Validation happens at start, so a bad value is
+reported once, naming the variable and the TOML key, before any server starts.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from labelloop.errors import ConfigError
 
@@ -22,10 +26,19 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("LABELLOOP_CACHE", Path.home() / ".cache" / "labelloop"))
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LABELLOOP_", extra="forbid", validate_default=True)
+class Section(BaseModel):
+    """A group of settings; ``env_prefix`` + FIELD (upper case) is each field's variable."""
 
-    # model and inference
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+    env_prefix: ClassVar[str] = "LABELLOOP_"
+    env_names: ClassVar[dict[str, str]] = {}  # field -> variable, where it differs from the rule
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        return cls.env_names.get(field, f"{cls.env_prefix}{field.upper()}")
+
+
+class PredictSettings(Section):
     model: Path | None = Field(None, description="YOLO weights (.pt/.onnx); default: the cached demo model")
     runtime: Literal["auto", "torch", "onnx"] = "auto"
     device: str = Field("auto", description="'auto' (GPU when present), 'cpu', '0', 'cuda:1', ...")
@@ -38,86 +51,285 @@ class Settings(BaseSettings):
         0, ge=0, le=64, description="parallel ONNX sessions on CPU; 0 = one per core (max 4)"
     )
     label_map: dict[str, str] = Field(default_factory=dict, description="model class -> platform label")
-
-    # image fetching
-    cache_dir: Path = Field(default_factory=default_cache_dir)
-    image_cache_bytes: int = Field(2 * 1024**3, ge=0)
-    fetch_workers: int = Field(8, ge=1, le=128)
-    fetch_timeout: float = Field(30.0, gt=0)
-    max_image_bytes: int = Field(64 * 1024**2, gt=0)
-    max_image_pixels: int = Field(100_000_000, gt=0)
-    allow_private_urls: bool = False
-    local_roots: list[Path] = Field(default_factory=list, description="dirs local paths may be read from")
-
-    # label studio
-    label_studio_url: str | None = None
-    label_studio_token: str | None = None
-
-    # http app
-    host: str = "0.0.0.0"
-    port: int = Field(9090, ge=1, le=65535)
-    http_workers: int = Field(1, ge=1)
-    basic_auth_user: str | None = None
-    basic_auth_pass: str | None = None
-    bearer_token: str | None = None
-    predict_budget_s: float = Field(60.0, gt=0, description="answer /predict within this; rest in background")
-
-    # queue
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    queue_prefix: str = "labelloop"
-
-    @field_validator("label_studio_url")
-    @classmethod
-    def _strip_slash(cls, v: str | None) -> str | None:
-        return v.rstrip("/") if v else v
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _TomlSource(settings_cls))
+    budget_s: float = Field(60.0, gt=0, description="answer /predict within this; the rest in background")
+    env_names: ClassVar[dict[str, str]] = {"budget_s": "LABELLOOP_PREDICT_BUDGET_S"}
 
     def fingerprint(self) -> str:
         """What changes predictions besides the weights (part of result-cache keys)."""
         return f"{self.imgsz}:{self.conf}:{self.iou}:{self.max_det}:{sorted(self.label_map.items())}"
 
 
-class _TomlSource(PydanticBaseSettingsSource):
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
+class FetchSettings(Section):
+    image_cache_bytes: int = Field(2 * 1024**3, ge=0)
+    workers: int = Field(8, ge=1, le=128)
+    timeout: float = Field(30.0, gt=0)
+    max_image_bytes: int = Field(64 * 1024**2, gt=0)
+    max_image_pixels: int = Field(100_000_000, gt=0)
+    allow_private_urls: bool = False
+    local_roots: list[Path] = Field(default_factory=list, description="dirs local paths may be read from")
+    env_names: ClassVar[dict[str, str]] = {
+        "workers": "LABELLOOP_FETCH_WORKERS",
+        "timeout": "LABELLOOP_FETCH_TIMEOUT",
+    }
 
-    def __call__(self) -> dict[str, Any]:
-        path = Path(os.environ.get("LABELLOOP_CONFIG", "labelloop.toml"))
-        if not path.is_file():
-            if "LABELLOOP_CONFIG" in os.environ:
-                raise ConfigError(f"LABELLOOP_CONFIG points at {path}, which does not exist")
-            return {}
-        try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML ({e})") from e
-        flat: dict[str, Any] = {}
-        for key, value in raw.items():
-            if isinstance(value, dict) and key not in ("label_map",):
-                flat.update({f"{key}_{k}": v for k, v in value.items()})
+
+class ServeSettings(Section):
+    host: str = "0.0.0.0"
+    port: int = Field(9090, ge=1, le=65535)
+    http_workers: int = Field(1, ge=1)
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = None
+    bearer_token: str | None = None
+
+
+class LabelStudioSettings(Section):
+    env_prefix: ClassVar[str] = "LABELLOOP_LABEL_STUDIO_"
+    url: str | None = None
+    token: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _strip_slash(cls, v: str | None) -> str | None:
+        return v.rstrip("/") if v else v
+
+
+class CvatSettings(Section):
+    env_prefix: ClassVar[str] = "CVAT_"
+    url: str | None = None
+    user: str | None = None
+    password: str | None = None
+    access_token: str | None = None
+    org: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _strip_slash(cls, v: str | None) -> str | None:
+        return v.rstrip("/") if v else v
+
+
+class QueueSettings(Section):
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "labelloop"
+    env_names: ClassVar[dict[str, str]] = {"prefix": "LABELLOOP_QUEUE_PREFIX"}
+
+
+class StoreSettings(Section):
+    env_prefix: ClassVar[str] = "LABELLOOP_STORE_"
+    url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in the data dir")
+    blob_root: str | None = Field(None, description="fsspec URL or dir for image bytes; default: data dir")
+    env_names: ClassVar[dict[str, str]] = {"blob_root": "LABELLOOP_BLOB_ROOT"}
+
+
+class SyncSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    platform: Literal["labelstudio", "cvat"]
+    url: str | None = None
+    project: int | None = None
+    task: int | None = None
+
+    @model_validator(mode="after")
+    def _target(self) -> SyncSource:
+        if (self.project is None) == (self.task is None):
+            raise ValueError("a sync source names exactly one of project (Label Studio) or task (CVAT)")
+        return self
+
+
+class SyncSettings(Section):
+    env_prefix: ClassVar[str] = "LABELLOOP_SYNC_"
+    sources: list[SyncSource] = Field(default_factory=list)
+    interval_s: float = Field(30.0, gt=0, description="seconds between polls (webhooks wake it early)")
+    snapshot_min_changes: int = Field(50, ge=1, description="changed items that make a new version")
+    agreement_threshold: float = Field(0.7, ge=0, le=1, description="below this, annotators disagree")
+
+
+class TriggerSettings(Section):
+    env_prefix: ClassVar[str] = "LABELLOOP_TRIGGER_"
+    min_new_labels: int = Field(100, ge=1, description="new human-verified images that start a retrain")
+    max_age_h: float | None = Field(None, gt=0, description="retrain anyway when labels are this old")
+
+
+class TrainSettings(Section):
+    env_prefix: ClassVar[str] = "LABELLOOP_TRAIN_"
+    epochs: int = Field(10, ge=1)
+    imgsz: int = Field(320, ge=32)
+    batch: int = Field(8, ge=1)
+    seed: int = 0
+    base_weights: Path | None = None
+    model_line: str = "labelloop"
+
+
+class GateSettings(Section):
+    env_prefix: ClassVar[str] = "LABELLOOP_GATE_"
+    min_delta: float = 0.0
+    max_class_drop: float = Field(0.05, ge=0)
+    max_latency_ms: float | None = None
+    floor_map50_95: float = Field(0.05, ge=0, le=1)
+
+
+class SelectSettings(Section):
+    env_prefix: ClassVar[str] = "LABELLOOP_SELECT_"
+    strategy: str = "hybrid"
+    weight_uncertainty: float = 0.6
+    weight_novelty: float = 0.2
+    weight_diversity: float = 0.2
+
+
+class Settings(BaseModel):
+    """All settings. Flat names from before the sections (``Settings(conf=0.3)``) still work: they
+    are routed to the one section that has the field."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    predict: PredictSettings = Field(default_factory=PredictSettings)
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+    labelstudio: LabelStudioSettings = Field(default_factory=LabelStudioSettings)
+    cvat: CvatSettings = Field(default_factory=CvatSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    sync: SyncSettings = Field(default_factory=SyncSettings)
+    trigger: TriggerSettings = Field(default_factory=TriggerSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
+    select: SelectSettings = Field(default_factory=SelectSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _route_flat(cls, data: Any) -> Any:
+        return _nest(data) if isinstance(data, dict) else data
+
+    def with_(self, **changes: Any) -> Settings:
+        """A validated copy with ``changes`` (flat names or sections) applied."""
+        return Settings(**_merge(self.model_dump(), _nest(changes)))
+
+    @property
+    def data_dir(self) -> Path:
+        """Where the store, blobs and MLflow live when no URL says otherwise."""
+        return self.cache_dir / "data"
+
+    def environment(self) -> dict[str, str]:
+        """These settings as the environment variables a child process reads them from."""
+        env = {"LABELLOOP_CACHE_DIR": str(self.cache_dir)}
+        for name, section_cls in SECTIONS.items():
+            section = getattr(self, name)
+            for field in section_cls.model_fields:
+                value = getattr(section, field)
+                if value is None:
+                    continue
+                if isinstance(value, BaseModel | list | dict):
+                    value = json.dumps(_plain(value))
+                env[section_cls.env_name(field)] = str(value)
+        return env
+
+
+SECTIONS: dict[str, type[Section]] = {
+    name: f.annotation  # type: ignore[misc]
+    for name, f in Settings.model_fields.items()
+    if isinstance(f.annotation, type) and issubclass(f.annotation, Section)
+}
+# flat field name (as before sections) -> (section, field)
+_FLAT: dict[str, tuple[str, str]] = {}
+for _section, _cls in SECTIONS.items():
+    for _field in _cls.model_fields:
+        flat = _cls.env_name(_field).removeprefix("LABELLOOP_").removeprefix("CVAT_").lower()
+        _FLAT.setdefault(flat, (_section, _field))
+        _FLAT.setdefault(f"{_section}_{_field}", (_section, _field))
+_FLAT.update({"cvat_url": ("cvat", "url"), "cvat_access_token": ("cvat", "access_token")})
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude_none=True)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _nest(data: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in Settings.model_fields:
+            if key in SECTIONS and isinstance(value, dict):
+                out.setdefault(key, {}).update(value)
             else:
-                flat[key] = value
-        return flat
+                out[key] = value
+        elif key in _FLAT:
+            section, field = _FLAT[key]
+            target = out.setdefault(section, {})
+            if isinstance(target, dict):
+                target[field] = value
+        else:
+            out[key] = value  # refused by extra="forbid", with its name
+    return out
+
+
+def _env_value(raw: str, annotation: Any) -> Any:
+    """Lists and maps come as JSON; a list may also be comma-separated."""
+    text = str(annotation)
+    if raw.strip().startswith(("[", "{")):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw  # pydantic reports it, by name
+    if text.startswith("list"):
+        return [p for p in raw.split(",") if p]
+    return raw
+
+
+def _from_env() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "LABELLOOP_CACHE_DIR" in os.environ:
+        out["cache_dir"] = os.environ["LABELLOOP_CACHE_DIR"]
+    for name, section_cls in SECTIONS.items():
+        for field, info in section_cls.model_fields.items():
+            raw = os.environ.get(section_cls.env_name(field))
+            if raw is not None and raw != "":
+                out.setdefault(name, {})[field] = _env_value(raw, info.annotation)
+    return out
+
+
+def _from_toml() -> dict[str, Any]:
+    path = Path(os.environ.get("LABELLOOP_CONFIG", "labelloop.toml"))
+    if not path.is_file():
+        if "LABELLOOP_CONFIG" in os.environ:
+            raise ConfigError(f"LABELLOOP_CONFIG points at {path}, which does not exist")
+        return {}
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from e
+    return _nest(raw)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key in SECTIONS:
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    if len(loc) >= 2 and loc[0] in SECTIONS:
+        section, field = str(loc[0]), str(loc[1])
+        cls = SECTIONS[section]
+        if field in cls.model_fields:
+            return f"{section}.{field} ({cls.env_name(field)}, [{section}] {field} in labelloop.toml)"
+        return f"{section}.{field} (not a setting of [{section}]; known: {', '.join(cls.model_fields)})"
+    name = ".".join(str(p) for p in loc) or "settings"
+    return f"{name} (LABELLOOP_{name.upper()})" if loc else name
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Settings with ``overrides`` (e.g. CLI options) on top; a bad value raises one ConfigError."""
+    """Settings from TOML, then the environment, then ``overrides`` (e.g. CLI options, flat or
+    by section); a bad value raises one ConfigError naming the variable."""
+    given = _nest({k: v for k, v in overrides.items() if v is not None})
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings(**_merge(_merge(_from_toml(), _from_env()), given))
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'} "
-            f"(LABELLOOP_{str(err['loc'][0]).upper() if err['loc'] else ''}): {err['msg']}"
-            for err in e.errors()
-        )
+        problems = "; ".join(f"{_where(tuple(err['loc']))}: {err['msg']}" for err in e.errors())
         raise ConfigError(f"invalid settings: {problems}") from None

@@ -167,7 +167,7 @@ class ImageItem:
     """An image and everything labelled on it.
 
     ``group_id`` ties frames of one scene/video together so splits never leak across it.
-    ``score`` is the image-level confidence a platform sorts by (see ``labelloop.backend.uncertainty``).
+    ``score`` is the image-level confidence a platform sorts by (see ``backend.inference.uncertainty``).
     """
 
     uri: str

@@ -37,14 +37,14 @@ def cache_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def demo_weights(cache_dir: Path) -> Path:
-    from labelloop.backend.demo_model import build_demo_model
+    from labelloop.backend.inference.demo_model import build_demo_model
 
     return build_demo_model(cache_dir)
 
 
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from labelloop.connectors.labelstudio_server import LabelStudioServer
+    from labelloop.connectors.labelstudio.server import LabelStudioServer
 
     server = LabelStudioServer(tmp_path_factory.mktemp("label-studio"))
     server.start()
@@ -77,7 +77,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unty
     AWS itself is unreachable here, and Label Studio and boto3 talk to it as to any S3 endpoint."""
     import sys
 
-    from labelloop.connectors.labelstudio_server import free_port
+    from labelloop.connectors.labelstudio.server import free_port
     from labelloop.procs import spawn, stop_group, tail
     from tests.helpers import wait_for
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from labelloop.backend.serve import BackendProcess  # noqa: F401 - re-exported for the tests
+from labelloop.backend.serving.gunicorn import BackendProcess  # noqa: F401 - re-exported for the tests
 
 
 def redis_or_fail(url: str = "redis://127.0.0.1:6379/0") -> str:
@@ -34,7 +34,7 @@ def shape_images(d: Path, n: int, *, size: int = 320, seed: int = 7, broken: int
     files that claim to be JPEGs and are not."""
     import numpy as np
 
-    from labelloop.backend.demo_model import render_shapes
+    from labelloop.backend.inference.demo_model import render_shapes
 
     rng = np.random.default_rng(seed)
     d.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from labelloop.connectors.formats.canonical import item_from_dict, item_to_dict
+from labelloop.connectors.formats.canonical_json import item_from_dict, item_to_dict
 from labelloop.errors import ConfigError
 from labelloop.types import ImageItem, Provenance, Source
 from tests.test_formats_roundtrip import ALL_KINDS, image_sizes, regions

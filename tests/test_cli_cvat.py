@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from cvat_sdk import make_client
 
-from labelloop.connectors.formats.canonical import item_from_dict
+from labelloop.connectors.formats.canonical_json import item_from_dict
 from labelloop.types import Source
 from tests.cvat_peer import CvatPeer, patch_job_shapes
 from tests.helpers import shape_images

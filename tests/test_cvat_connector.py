@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from cvat_sdk import make_client, models
 
-from labelloop.connectors.cvat import MACHINE_SOURCES, CvatConnector, PullCursor, _shift
+from labelloop.connectors.cvat.connector import MACHINE_SOURCES, CvatConnector, PullCursor, _shift
 from labelloop.errors import ConfigError, FetchError, RemoteError
 from labelloop.types import Box, ImageItem, Region, Source
 from tests.cvat_peer import CvatPeer, patch_job_shapes
@@ -41,7 +41,7 @@ def conn(peer: CvatPeer) -> CvatConnector:
 
 
 def make_images(root: Path, n: int) -> list[Path]:
-    from labelloop.backend.demo_model import render_shapes
+    from labelloop.backend.inference.demo_model import render_shapes
 
     rng = np.random.default_rng(1)
     root.mkdir(parents=True, exist_ok=True)
@@ -388,7 +388,7 @@ def test_function_spec_and_detect(yolo_function) -> None:  # type: ignore[no-unt
     from cvat_sdk.auto_annotation import DetectionFunctionSpec
     from PIL import Image
 
-    from labelloop.backend.demo_model import render_shapes
+    from labelloop.backend.inference.demo_model import render_shapes
 
     assert isinstance(yolo_function.spec, DetectionFunctionSpec)
     assert [lb.name for lb in yolo_function.spec.labels] == LABELS
@@ -407,7 +407,7 @@ def test_function_spec_and_detect(yolo_function) -> None:  # type: ignore[no-unt
 
 def _full_size_task(tmp_path: Path, conn: CvatConnector, name: str):  # type: ignore[no-untyped-def]
     """A task of 320-px shape images the demo detector sees well."""
-    from labelloop.backend.demo_model import render_shapes
+    from labelloop.backend.inference.demo_model import render_shapes
 
     paths = make_images(tmp_path / "img", 3)
     rng = np.random.default_rng(5)

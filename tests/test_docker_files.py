@@ -50,7 +50,7 @@ def test_dockerfile_copies_what_exists_and_checks_a_real_endpoint() -> None:
         for part in src.split():
             assert (ROOT / part).exists(), f"COPY {part}: not in the repository"
     assert "/health" in text
-    from labelloop.backend.app import create_app
+    from labelloop.backend.serving.app import create_app
 
     app_ = create_app(Settings(), ROOT / "unused.pt")  # the app loads no model until a prediction
     assert "/health" in {r.rule for r in app_.url_map.iter_rules()}

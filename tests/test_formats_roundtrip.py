@@ -32,8 +32,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from labelloop.connectors.formats import coco, cvat, yolo
-from labelloop.connectors.formats.common import keypoints_box
 from labelloop.errors import ConfigError
+from labelloop.geometry import keypoints_box
 from labelloop.types import (
     Box,
     ImageItem,

@@ -13,8 +13,8 @@ import pytest
 import requests
 from PIL import Image
 
-from labelloop.backend.app import create_app
-from labelloop.backend.images import ImageFetcher, LabelStudioAccess, decode_image
+from labelloop.backend.inference.images import ImageFetcher, LabelStudioAccess, decode_image
+from labelloop.backend.serving.app import create_app
 from labelloop.errors import FetchError
 from labelloop.settings import load_settings
 
@@ -28,7 +28,7 @@ def _jpeg(w: int = 64, h: int = 48) -> bytes:
 
 
 def test_private_addresses_refused_unless_allowed(tmp_path: Path) -> None:
-    from labelloop.connectors.labelstudio_server import free_port
+    from labelloop.connectors.labelstudio.server import free_port
 
     port = free_port()
     srv = subprocess.Popen(
@@ -82,7 +82,7 @@ def test_local_paths_only_under_configured_roots(tmp_path: Path) -> None:
 
 
 def test_disk_cache_is_bounded(tmp_path: Path) -> None:
-    from labelloop.backend.images import DiskCache
+    from labelloop.backend.inference.images import DiskCache
 
     c = DiskCache(tmp_path / "cache", max_bytes=10_000)
     for i in range(40):
@@ -205,8 +205,8 @@ def test_wheel_install_maps_the_folders(tmp_path: Path) -> None:
     )
     assert sorted(p.name for p in target.iterdir() if not p.name.endswith(("-info", "bin"))) == ["labelloop"]
     code = (
-        "import labelloop.backend.predictor, labelloop.connectors.formats.labelstudio, labelloop.sync, "
-        "labelloop.cli; print(labelloop.backend.predictor.__file__)"
+        "import labelloop.backend.inference.predictor, labelloop.connectors.formats.labelstudio, labelloop.sync, "
+        "labelloop.cli; print(labelloop.backend.inference.predictor.__file__)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],

@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from labelloop.backend.demo_model import CLASSES
-from labelloop.connectors.formats.canonical import item_from_dict
+from labelloop.backend.inference.demo_model import CLASSES
+from labelloop.connectors.formats.canonical_json import item_from_dict
 from labelloop.connectors.formats.labelstudio import generate_label_config
-from labelloop.connectors.labelstudio import LabelStudioConnector, PullCursor
+from labelloop.connectors.journal import PushJournal
+from labelloop.connectors.labelstudio.connector import LabelStudioConnector, PullCursor
 from labelloop.errors import ConfigError, RemoteError
-from labelloop.journal import PushJournal
-from labelloop.prelabel import prelabel_labelstudio
 from labelloop.settings import Settings
+from labelloop.sync.prelabel import prelabel_labelstudio
 from labelloop.types import Source
 from tests.faulty_proxy import FaultyProxy
 from tests.helpers import shape_images
@@ -195,7 +195,7 @@ def test_interrupted_push_resumes_from_journal(tmp_path: Path, label_studio, pro
 
 
 def test_server_down_or_bad_token_is_one_clear_error(label_studio) -> None:  # type: ignore[no-untyped-def]
-    from labelloop.connectors.labelstudio_server import free_port
+    from labelloop.connectors.labelstudio.server import free_port
 
     down = LabelStudioConnector(f"http://127.0.0.1:{free_port()}", "x", retries=1, backoff_s=0.01)
     with pytest.raises(RemoteError, match=r"unreachable.*LABELLOOP_LABEL_STUDIO_URL"):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labelloop.backend.predictor import Predictor
+from labelloop.backend.inference.predictor import Predictor
 from labelloop.connectors.formats.labelstudio import (
     item_to_ls_prediction,
     ls_rle_to_mask,
@@ -180,7 +180,7 @@ def test_config_the_model_cannot_serve_names_the_tag() -> None:
 
 def test_onnx_matches_pytorch(demo_weights: Path) -> None:
     """Tolerance: same boxes, classes and order; coordinates within 1 px, scores within 0.01."""
-    from labelloop.backend.demo_model import render_shapes
+    from labelloop.backend.inference.demo_model import render_shapes
 
     rng = np.random.default_rng(11)
     imgs = [np.asarray(render_shapes(rng, 320)[0]) for _ in range(6)]

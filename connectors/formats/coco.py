@@ -31,15 +31,10 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from labelloop.connectors.formats.canonical import provenance_from_dict, provenance_to_dict
-from labelloop.connectors.formats.common import (
-    keypoints_box,
-    kind_error,
-    label_id,
-    label_name,
-    polygon_box,
-)
+from labelloop.connectors.formats.canonical_json import provenance_from_dict, provenance_to_dict
+from labelloop.connectors.formats.common import kind_error, label_id, label_name
 from labelloop.errors import ConfigError
+from labelloop.geometry import keypoints_box, polygon_box
 from labelloop.types import (
     Box,
     Geometry,

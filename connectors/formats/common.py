@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from labelloop.errors import ConfigError
-from labelloop.types import Box, Geometry, Keypoints, Mask, Polygon, Region, RotatedBox
+from labelloop.types import Polygon, Region
 
 
 def label_id(label: str, ids: Mapping[str, int], where: str) -> int:
@@ -35,55 +35,6 @@ def label_name(index: int, names: Mapping[int, str] | Sequence[str], where: str)
             f"class id {index} in {where} is not in the class names ({known}); "
             "the names do not match the data"
         ) from None
-
-
-def polygon_box(points: Sequence[tuple[float, float]] | np.ndarray) -> Box:
-    p = np.asarray(points, dtype=float).reshape(-1, 2)
-    x1, y1 = p.min(axis=0)
-    x2, y2 = p.max(axis=0)
-    return Box(float(x1), float(y1), float(x2), float(y2))
-
-
-def mask_box(mask: np.ndarray) -> Box:
-    """Box around the set pixels, on pixel edges (a 1-pixel mask gives a 1x1 box), like COCO's
-    ``toBbox``; an empty mask gives an empty box at the origin."""
-    ys, xs = np.nonzero(mask)
-    if not len(xs):
-        return Box(0.0, 0.0, 0.0, 0.0)
-    return Box(float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
-
-
-def keypoints_box(kps: Keypoints) -> Box:
-    """The instance box a format needs: the one given, else the bounds of the visible points
-    (all points when none is visible)."""
-    if kps.box is not None:
-        return kps.box
-    pts = [(p.x, p.y) for p in kps.points if p.visible] or [(p.x, p.y) for p in kps.points]
-    if not pts:
-        return Box(0.0, 0.0, 0.0, 0.0)
-    return polygon_box(pts)
-
-
-def box_corners(g: Box | RotatedBox) -> np.ndarray:
-    """Corners (4, 2), the box's own top-left first, clockwise on screen."""
-    if isinstance(g, RotatedBox):
-        return g.corners()
-    return np.array([[g.x1, g.y1], [g.x2, g.y1], [g.x2, g.y2], [g.x1, g.y2]], dtype=float)
-
-
-def bounding_box(g: Geometry) -> Box:
-    """Axis-aligned hull of any geometry (what a format that only holds boxes can keep)."""
-    if isinstance(g, Box):
-        return g
-    if isinstance(g, RotatedBox):
-        return polygon_box(g.corners())
-    if isinstance(g, Polygon):
-        return polygon_box(g.points)
-    if isinstance(g, Mask):
-        return mask_box(g.data)
-    if isinstance(g, Keypoints):
-        return keypoints_box(g)
-    raise TypeError(f"no box for {type(g).__name__}")
 
 
 def mask_to_polygon(mask: np.ndarray) -> Polygon | None:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
-from labelloop.connectors.formats.common import keypoints_box
 from labelloop.errors import ConfigError
+from labelloop.geometry import keypoints_box
 from labelloop.types import (
     Box,
     Geometry,

@@ -35,16 +35,9 @@ from typing import TypedDict, Unpack
 
 import numpy as np
 
-from labelloop.connectors.formats.common import (
-    bounding_box,
-    box_corners,
-    keypoints_box,
-    kind_error,
-    label_id,
-    label_name,
-    mask_to_polygon,
-)
+from labelloop.connectors.formats.common import kind_error, label_id, label_name, mask_to_polygon
 from labelloop.errors import ConfigError
+from labelloop.geometry import bounding_box, box_corners, keypoints_box
 from labelloop.types import (
     Box,
     Keypoint,

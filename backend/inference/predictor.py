@@ -11,7 +11,6 @@ On a GPU, PyTorch runs ``batch`` images per forward.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import queue
@@ -20,15 +19,15 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from labelloop.backend import uncertainty as unc
-from labelloop.backend.images import Fetched
-from labelloop.backend.yolo_env import ensure_yolo_env
+from labelloop.backend.inference import uncertainty as unc
+from labelloop.backend.inference.images import Fetched
+from labelloop.backend.inference.weights import model_version_of, resolve_weights, weights_sha256
+from labelloop.backend.inference.yolo_env import ensure_yolo_env
 from labelloop.errors import ModelError
 from labelloop.settings import Settings
 from labelloop.types import (
@@ -45,34 +44,6 @@ from labelloop.types import (
 
 log = logging.getLogger(__name__)
 TASKS = ("detect", "segment", "pose", "obb", "classify")
-
-
-@lru_cache(maxsize=32)
-def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def weights_sha256(path: Path) -> str:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise ModelError(f"model file {path} does not exist; pass --model or set LABELLOOP_MODEL") from None
-    return _file_sha256(str(path.resolve()), st.st_mtime_ns, st.st_size)
-
-
-def model_version_of(path: Path) -> str:
-    """A version that changes whenever the weights do, cheap enough for /setup (no model load).
-
-    A registry may write ``<weights>.version`` beside the file to give it a readable name.
-    """
-    sidecar = Path(f"{path}.version")
-    if sidecar.is_file():
-        return sidecar.read_text().strip()
-    return f"{path.stem}-{weights_sha256(path)[:12]}"
 
 
 def _first_tensor(preds: Any) -> Any:
@@ -133,8 +104,8 @@ class Predictor:
         self.settings = settings
         self.weights = Path(weights)
         self.model_version = model_version_of(self.weights)
-        self.device = self._pick_device(settings.device)
-        self.batch = settings.batch or (16 if self.device != "cpu" else 1)
+        self.device = self._pick_device(settings.predict.device)
+        self.batch = settings.predict.batch or (16 if self.device != "cpu" else 1)
         from ultralytics import YOLO
 
         try:
@@ -151,15 +122,15 @@ class Predictor:
         self.names: dict[int, str] = {int(k): str(v) for k, v in names.items()}
         self.kpt_names = self._keypoint_names(torch_model)
         train_args = (getattr(torch_model, "ckpt", None) or {}).get("train_args") or {}
-        self.imgsz: int = settings.imgsz or int(train_args.get("imgsz") or 640)
-        self.runtime = self._pick_runtime(settings.runtime)
+        self.imgsz: int = settings.predict.imgsz or int(train_args.get("imgsz") or 640)
+        self.runtime = self._pick_runtime(settings.predict.runtime)
         self.onnx_path: Path | None = None
         if self.runtime == "torch":
             replicas = [torch_model]
         else:  # several single-threaded sessions beat one session's intra-op threads on a small model
             self.onnx_path = self._onnx_path(torch_model)
             onnx_path = str(self.onnx_path)
-            self.streams = settings.streams or max(1, min(4, os.cpu_count() or 1))
+            self.streams = settings.predict.streams or max(1, min(4, os.cpu_count() or 1))
             replicas = [YOLO(onnx_path, task=task) for _ in range(self.streams)]
         self.streams = len(replicas)
         self.model = replicas[0]
@@ -178,9 +149,7 @@ class Predictor:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Predictor:
-        from labelloop.backend.demo_model import build_demo_model
-
-        return cls(settings.model or build_demo_model(settings.cache_dir), settings)
+        return cls(resolve_weights(settings), settings)
 
     # ------------------------------------------------------------------ setup
 
@@ -205,7 +174,7 @@ class Predictor:
 
     def _onnx_path(self, torch_model: Any) -> Path:
         """Export once per (weights, imgsz) into the cache; concurrent processes wait on a lock."""
-        from labelloop.backend.demo_model import _file_lock
+        from labelloop.backend.inference.demo_model import _file_lock
 
         sha = weights_sha256(self.weights)
         out_dir = self.settings.cache_dir / "onnx" / f"{sha[:16]}-{self.imgsz}"

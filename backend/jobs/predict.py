@@ -17,8 +17,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from labelloop.backend.images import LabelStudioAccess
-from labelloop.backend.service import PredictionService
+from labelloop.backend.inference.images import LabelStudioAccess
+from labelloop.backend.serving.predict_service import PredictionService
 from labelloop.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,12 +28,12 @@ _services_lock = threading.Lock()
 
 
 def queue_name(settings: Settings) -> str:
-    return f"{settings.queue_prefix}-predict"
+    return f"{settings.queue.prefix}-predict"
 
 
 def _service(settings: Settings, weights: Path) -> PredictionService:
     """Workers keep the model loaded between jobs (one per weights + settings)."""
-    key = (str(weights), settings.fingerprint())
+    key = (str(weights), settings.predict.fingerprint())
     with _services_lock:
         if key not in _services:
             _services[key] = PredictionService(settings, weights)
@@ -42,7 +42,7 @@ def _service(settings: Settings, weights: Path) -> PredictionService:
 
 def predict_and_write(payload: dict[str, Any]) -> dict[str, int]:
     """Predict ``payload['tasks']`` and import the predictions into the Label Studio project."""
-    from labelloop.connectors.labelstudio import push_predictions
+    from labelloop.connectors.labelstudio.connector import push_predictions
 
     settings = Settings.model_validate(payload["settings"])
     service = _service(settings, Path(payload["weights"]))
@@ -89,7 +89,7 @@ def enqueue(settings: Settings, payload: dict[str, Any]) -> str:
         from redis import Redis
         from rq import Queue, Retry
 
-        conn = Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+        conn = Redis.from_url(settings.queue.redis_url, socket_connect_timeout=2)
         conn.ping()
         job = Queue(queue_name(settings), connection=conn).enqueue(
             predict_and_write,
@@ -105,7 +105,7 @@ def enqueue(settings: Settings, payload: dict[str, Any]) -> str:
         log.error(
             "cannot queue background prediction on %s (%s); running it in this process instead, "
             "which a restart would interrupt: start Redis and `labelloop worker` for durable jobs",
-            settings.redis_url,
+            settings.queue.redis_url,
             e,
         )
         t = threading.Thread(target=_run_logged, args=(payload,), daemon=True, name="background-predict")

@@ -30,13 +30,13 @@ console = Console()
 
 
 def bench_predict(settings: Settings, n_tasks: int, out: Path, repeats: int = 3) -> dict:
-    from labelloop.backend.demo_model import render_shapes
-    from labelloop.backend.predictor import Predictor
-    from labelloop.backend.serve import BackendProcess
-    from labelloop.cli import resolve_weights
+    from labelloop.backend.inference.demo_model import render_shapes
+    from labelloop.backend.inference.predictor import Predictor
+    from labelloop.backend.inference.weights import resolve_weights
+    from labelloop.backend.serving.gunicorn import BackendProcess
     from labelloop.connectors.formats.labelstudio import generate_label_config
-    from labelloop.connectors.labelstudio import LabelStudioConnector
-    from labelloop.connectors.labelstudio_server import LabelStudioServer
+    from labelloop.connectors.labelstudio.connector import LabelStudioConnector
+    from labelloop.connectors.labelstudio.server import LabelStudioServer
 
     weights = resolve_weights(settings)
     work = Path(tempfile.mkdtemp(prefix="labelloop-bench-"))
@@ -73,11 +73,11 @@ def bench_predict(settings: Settings, n_tasks: int, out: Path, repeats: int = 3)
                         "RGB"
                     )
                 )[..., ::-1]
-                torch_model.predict(img, conf=settings.conf, verbose=False, device="cpu")
+                torch_model.predict(img, conf=settings.predict.conf, verbose=False, device="cpu")
             return time.perf_counter() - t
 
         decoded = [np.ascontiguousarray(np.asarray(Image.open(p).convert("RGB"))[..., ::-1]) for p in paths]
-        onnx = Predictor(weights, settings.model_copy(update={"runtime": "onnx", "device": "cpu"}))
+        onnx = Predictor(weights, settings.with_(**{"runtime": "onnx", "device": "cpu"}))
         plain_onnx = YOLO(str(onnx.onnx_path), task=onnx.task)  # as Ultralytics runs it: one session
 
         def timed(fn) -> float:  # type: ignore[no-untyped-def]
@@ -88,7 +88,7 @@ def bench_predict(settings: Settings, n_tasks: int, out: Path, repeats: int = 3)
         def forward(model) -> float:  # type: ignore[no-untyped-def]
             t = time.perf_counter()
             for img in decoded:
-                model.predict(img, imgsz=onnx.imgsz, conf=settings.conf, verbose=False, device="cpu")
+                model.predict(img, imgsz=onnx.imgsz, conf=settings.predict.conf, verbose=False, device="cpu")
             return time.perf_counter() - t
 
         env = {
@@ -99,12 +99,12 @@ def bench_predict(settings: Settings, n_tasks: int, out: Path, repeats: int = 3)
         # cold: every image is downloaded from Label Studio again; warm: re-predicting tasks whose
         # images sit in the backend's disk cache (e.g. after a model promotion)
         cold = BackendProcess(
-            work / "cold", weights, settings.redis_url, {**env, "LABELLOOP_IMAGE_CACHE_BYTES": "0"}
+            work / "cold", weights, settings.queue.redis_url, {**env, "LABELLOOP_IMAGE_CACHE_BYTES": "0"}
         )
         warm = BackendProcess(
             work / "warm",
             weights,
-            settings.redis_url,
+            settings.queue.redis_url,
             {**env, "LABELLOOP_CACHE_DIR": str(work / "warm-cache")},
         )
         cfg = generate_label_config("detect", names)
@@ -177,9 +177,9 @@ def bench_push(
     from contextlib import nullcontext
 
     from labelloop.connectors.formats.labelstudio import generate_label_config
-    from labelloop.connectors.labelstudio import LabelStudioConnector, auth_header
-    from labelloop.connectors.labelstudio_server import LabelStudioServer
-    from labelloop.journal import PushJournal
+    from labelloop.connectors.journal import PushJournal
+    from labelloop.connectors.labelstudio.connector import LabelStudioConnector, auth_header
+    from labelloop.connectors.labelstudio.server import LabelStudioServer
 
     work = Path(tempfile.mkdtemp(prefix="labelloop-bench-push-"))
     server = nullcontext(None) if url else LabelStudioServer(work / "ls")

@@ -28,7 +28,7 @@ import numpy as np
 import requests
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from labelloop.connectors.labelstudio import auth_header
+from labelloop.connectors.labelstudio.connector import auth_header
 from labelloop.errors import FetchError
 from labelloop.settings import Settings
 
@@ -150,13 +150,13 @@ class ImageFetcher:
     def __init__(self, settings: Settings, label_studio: LabelStudioAccess | None = None) -> None:
         self.s = settings
         self.label_studio = label_studio or (
-            LabelStudioAccess(settings.label_studio_url, settings.label_studio_token)
-            if settings.label_studio_url
+            LabelStudioAccess(settings.labelstudio.url, settings.labelstudio.token)
+            if settings.labelstudio.url
             else None
         )
-        self.cache = DiskCache(settings.cache_dir / "images", settings.image_cache_bytes)
+        self.cache = DiskCache(settings.cache_dir / "images", settings.fetch.image_cache_bytes)
         self._local = threading.local()
-        self._pool = ThreadPoolExecutor(max_workers=settings.fetch_workers, thread_name_prefix="fetch")
+        self._pool = ThreadPoolExecutor(max_workers=settings.fetch.workers, thread_name_prefix="fetch")
 
     # ------------------------------------------------------------------ public
 

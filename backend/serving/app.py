@@ -29,9 +29,9 @@ from prometheus_client import (
     multiprocess,
 )
 
-from labelloop.backend import jobs
-from labelloop.backend.images import LabelStudioAccess
-from labelloop.backend.service import PredictionService
+from labelloop.backend.inference.images import LabelStudioAccess
+from labelloop.backend.jobs import predict as jobs
+from labelloop.backend.serving.predict_service import PredictionService
 from labelloop.errors import ConfigError, LabelloopError
 from labelloop.settings import Settings
 
@@ -57,7 +57,7 @@ WEBHOOKS = Counter("labelloop_webhook_events_total", "Webhook events received", 
 def _redis(settings: Settings) -> Any:
     from redis import Redis
 
-    return Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=2)
+    return Redis.from_url(settings.queue.redis_url, socket_connect_timeout=1, socket_timeout=2)
 
 
 class _ProjectAccess:
@@ -68,7 +68,7 @@ class _ProjectAccess:
         self._mem: dict[str, dict] = {}
 
     def _key(self, project: str) -> str:
-        return f"{self.settings.queue_prefix}:ls-access:{project}"
+        return f"{self.settings.queue.prefix}:ls-access:{project}"
 
     def put(self, project: str, hostname: str | None, token: str | None) -> None:
         if not hostname:
@@ -107,19 +107,19 @@ def create_app(settings: Settings, weights: Path, service: PredictionService | N
     app.extensions["labelloop"] = service
 
     def authorized() -> bool:
-        if settings.bearer_token:
+        if settings.serve.bearer_token:
             got = request.headers.get("Authorization", "")
-            if hmac.compare_digest(got, f"Bearer {settings.bearer_token}"):
+            if hmac.compare_digest(got, f"Bearer {settings.serve.bearer_token}"):
                 return True
-        if settings.basic_auth_user:
+        if settings.serve.basic_auth_user:
             a = request.authorization
             if (
                 a
-                and hmac.compare_digest(a.username or "", settings.basic_auth_user)
-                and hmac.compare_digest(a.password or "", settings.basic_auth_pass or "")
+                and hmac.compare_digest(a.username or "", settings.serve.basic_auth_user)
+                and hmac.compare_digest(a.password or "", settings.serve.basic_auth_pass or "")
             ):
                 return True
-        return not (settings.bearer_token or settings.basic_auth_user)
+        return not (settings.serve.bearer_token or settings.serve.basic_auth_user)
 
     def endpoint(name: str):  # type: ignore[no-untyped-def]
         def deco(fn):  # type: ignore[no-untyped-def]
@@ -194,7 +194,7 @@ def create_app(settings: Settings, weights: Path, service: PredictionService | N
         label_config = data.get("label_config") or (data.get("params") or {}).get("label_config") or ""
         project = project_id(data.get("project"))
         ls = access.get(project)
-        deadline = time.monotonic() + settings.predict_budget_s
+        deadline = time.monotonic() + settings.predict.budget_s
         report = service.predict_tasks(tasks, label_config, ls, deadline)
         for kind, n in report.failed.items():
             ERRORS.labels(f"image_{kind}").inc(n)
@@ -211,7 +211,7 @@ def create_app(settings: Settings, weights: Path, service: PredictionService | N
                     "%d task(s) not predicted within %.0fs and no Label Studio URL to write them later; "
                     "set LABELLOOP_LABEL_STUDIO_URL/TOKEN",
                     len(rest),
-                    settings.predict_budget_s,
+                    settings.predict.budget_s,
                 )
             else:
                 job = jobs.enqueue(
@@ -251,7 +251,7 @@ def create_app(settings: Settings, weights: Path, service: PredictionService | N
         }
         try:
             r = _redis(settings)
-            key = f"{settings.queue_prefix}:events"
+            key = f"{settings.queue.prefix}:events"
             r.lpush(key, json.dumps(event))
             r.ltrim(key, 0, 9999)
         except Exception as e:

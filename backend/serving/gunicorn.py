@@ -19,7 +19,7 @@ from typing import Any
 
 import requests
 
-from labelloop.connectors.labelstudio_server import free_port
+from labelloop.connectors.labelstudio.server import free_port
 from labelloop.errors import RemoteError
 from labelloop.procs import spawn, stop_group, tail
 from labelloop.settings import Settings
@@ -37,16 +37,16 @@ def run_gunicorn(settings: Settings, weights: Path) -> None:
     prepare_metrics_dir()
     from gunicorn.app.base import BaseApplication
 
-    from labelloop.backend.app import create_app
+    from labelloop.backend.serving.app import create_app
 
     class _App(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
             cfg = {
-                "bind": f"{settings.host}:{settings.port}",
-                "workers": settings.http_workers,
+                "bind": f"{settings.serve.host}:{settings.serve.port}",
+                "workers": settings.serve.http_workers,
                 "worker_class": "gthread",
                 "threads": 4,
-                "timeout": int(settings.predict_budget_s + 120),
+                "timeout": int(settings.predict.budget_s + 120),
                 "graceful_timeout": 30,
                 "accesslog": "-",
                 "post_worker_init": _warm,
@@ -80,9 +80,9 @@ def run_worker(settings: Settings, burst: bool = False) -> None:
     from redis import Redis
     from rq import Queue, SimpleWorker
 
-    from labelloop.backend.jobs import queue_name
+    from labelloop.backend.jobs.predict import queue_name
 
-    conn = Redis.from_url(settings.redis_url)
+    conn = Redis.from_url(settings.queue.redis_url)
     worker = SimpleWorker([Queue(queue_name(settings), connection=conn)], connection=conn)
     worker.work(burst=burst, with_scheduler=True)
 

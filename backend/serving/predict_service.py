@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labelloop.backend.images import ImageFetcher, LabelStudioAccess
-from labelloop.backend.predictor import Predictor, model_version_of
+from labelloop.backend.inference.images import ImageFetcher, LabelStudioAccess
+from labelloop.backend.inference.predictor import Predictor
+from labelloop.backend.inference.weights import model_version_of
 from labelloop.connectors.formats.labelstudio import (
     ControlPlan,
     item_to_ls_prediction,
@@ -126,7 +127,7 @@ class PredictionService:
                     report.results[i] = {"result": [], "score": 0.0, "model_version": version}
                 else:
                     pred, dropped = item_to_ls_prediction(
-                        outcome.item, plan, version, self.settings.label_map
+                        outcome.item, plan, version, self.settings.predict.label_map
                     )
                     pred["uncertainty"] = outcome.item.metadata.get("uncertainty")
                     report.unmapped += dropped

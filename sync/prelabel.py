@@ -2,7 +2,7 @@
 
 The CLI (``labelloop prelabel`` / ``labelloop pull``) is a thin layer over these functions, which
 take a ``bar`` factory for progress so they stay testable and quiet when driven from code.
-Everything they write is journaled (see :mod:`labelloop.journal`): rerun the same command after a
+Everything they write is journaled (see :mod:`labelloop.connectors.journal`): rerun the same command after a
 crash or an outage and it continues where it stopped, writing nothing twice.
 """
 
@@ -101,23 +101,23 @@ def prelabel_labelstudio(
     """Import images (optional), predict every task lacking this model's prediction, push in bulk,
     write the image uncertainty into ``data[uncertainty_field]``, and keep the project's
     model_version and "Most uncertain first" view in step."""
-    from labelloop.backend.images import LabelStudioAccess
-    from labelloop.backend.service import PredictionService
+    from labelloop.backend.inference.images import LabelStudioAccess
+    from labelloop.backend.serving.predict_service import PredictionService
     from labelloop.connectors.formats.labelstudio import generate_label_config, label_resolver
-    from labelloop.connectors.labelstudio import LabelStudioConnector
-    from labelloop.journal import PushJournal
+    from labelloop.connectors.journal import PushJournal
+    from labelloop.connectors.labelstudio.connector import LabelStudioConnector
 
-    if not settings.label_studio_url:
+    if not settings.labelstudio.url:
         raise ConfigError("no Label Studio URL: set LABELLOOP_LABEL_STUDIO_URL or pass --url")
     t0 = time.monotonic()
-    conn = LabelStudioConnector(settings.label_studio_url, settings.label_studio_token)
+    conn = LabelStudioConnector(settings.labelstudio.url, settings.labelstudio.token)
     service = PredictionService(settings, weights)
     predictor = service.predictor
     version = predictor.model_version
     names = [predictor.names[k] for k in sorted(predictor.names)]
     summary = Summary("labelstudio", {"url": conn.url})
     if project is None:
-        labels = [settings.label_map.get(n, n) for n in names]
+        labels = [settings.predict.label_map.get(n, n) for n in names]
         config = generate_label_config(
             predictor.task, list(dict.fromkeys(labels)), keypoint_labels=predictor.kpt_names
         )
@@ -127,7 +127,10 @@ def prelabel_labelstudio(
     label_config = info.get("label_config") or ""
     plan = service.plan(label_config)
     missing = _check_labels(
-        names, label_resolver(plan.main, settings.label_map), f"Label Studio project {project}", skip_unmapped
+        names,
+        label_resolver(plan.main, settings.predict.label_map),
+        f"Label Studio project {project}",
+        skip_unmapped,
     )
     if missing:
         summary.notes.append(f"classes left out (no label): {missing}")
@@ -158,7 +161,7 @@ def prelabel_labelstudio(
     listed = conn.tasks(project, include="id,data,predictions_model_versions")
     tasks = [t for t in listed if int(t["id"]) not in done0]
     todo = [t for t in tasks if version not in (t.get("predictions_model_versions") or "").split(",")]
-    access = LabelStudioAccess(conn.url, settings.label_studio_token)
+    access = LabelStudioAccess(conn.url, settings.labelstudio.token)
     written = failed = unmapped = 0
     scores: dict[int, dict[str, Any]] = {}
     with bar("prelabel", len(todo)) as advance:
@@ -207,12 +210,12 @@ def pull_labelstudio(
     settings: Settings, project: int, out: Path, cursor_path: Path | None = None, bar: Bar = no_bar
 ) -> Summary:
     """Annotations changed since the cursor file's time, as canonical JSON lines, then the cursor."""
-    from labelloop.connectors.formats.canonical import item_to_dict
-    from labelloop.connectors.labelstudio import LabelStudioConnector, PullCursor
+    from labelloop.connectors.formats.canonical_json import item_to_dict
+    from labelloop.connectors.labelstudio.connector import LabelStudioConnector, PullCursor
 
-    if not settings.label_studio_url:
+    if not settings.labelstudio.url:
         raise ConfigError("no Label Studio URL: set LABELLOOP_LABEL_STUDIO_URL or pass --url")
-    conn = LabelStudioConnector(settings.label_studio_url, settings.label_studio_token)
+    conn = LabelStudioConnector(settings.labelstudio.url, settings.labelstudio.token)
     cursor = _read_cursor(cursor_path, PullCursor.from_json) or PullCursor()
     with bar("pull", 1) as advance:
         res = conn.pull(project, cursor)
@@ -255,16 +258,14 @@ def prelabel_cvat(
 ) -> Summary:
     """Predict local images, create a CVAT task ordered least-confident first (unless ``task`` is
     given), and push the prelabels as ``source="auto"`` shapes with their score, resumably."""
-    from labelloop.backend.images import ImageFetcher
-    from labelloop.backend.predictor import Predictor
-    from labelloop.connectors.cvat import CvatConnector
+    from labelloop.backend.inference.images import ImageFetcher
+    from labelloop.backend.inference.predictor import Predictor
+    from labelloop.connectors.cvat.connector import CvatConnector
 
     t0 = time.monotonic()
     files = list_images(images)
     roots = sorted({f.resolve().parent for f in files})
-    predictor = Predictor(
-        weights, settings.model_copy(update={"local_roots": [*settings.local_roots, *roots]})
-    )
+    predictor = Predictor(weights, settings.with_(**{"local_roots": [*settings.fetch.local_roots, *roots]}))
     fetcher = ImageFetcher(predictor.settings)
     version = predictor.model_version
     names = [predictor.names[k] for k in sorted(predictor.names)]
@@ -277,7 +278,9 @@ def prelabel_cvat(
                 failed.append(f"{f}: {outcome.error}")
             else:
                 item = outcome.item
-                regions = [r.with_(label=settings.label_map.get(r.label, r.label)) for r in item.regions]
+                regions = [
+                    r.with_(label=settings.predict.label_map.get(r.label, r.label)) for r in item.regions
+                ]
                 items.append((f, replace(item, uri=f.name, regions=regions)))
             advance(1)
     summary = Summary("cvat", {"model_version": version})
@@ -288,7 +291,7 @@ def prelabel_cvat(
             usable = [f for f, _ in items]
             if not usable:
                 raise ConfigError("no image could be predicted: " + "; ".join(failed[:5]))
-            labels = list(dict.fromkeys(settings.label_map.get(n, n) for n in names))
+            labels = list(dict.fromkeys(settings.predict.label_map.get(n, n) for n in names))
             created = conn.create_task(
                 name or f"labelloop {version}",
                 usable,
@@ -304,13 +307,16 @@ def prelabel_cvat(
         have = conn.task_labels(task)
         missing = _check_labels(
             names,
-            lambda n: settings.label_map.get(n, n) if settings.label_map.get(n, n) in have else None,
+            lambda n: (
+                settings.predict.label_map.get(n, n) if settings.predict.label_map.get(n, n) in have else None
+            ),
             f"CVAT task {task}",
             skip_unmapped,
         )
         if missing:
             items = [
-                (f, _drop_labels(it, {settings.label_map.get(m, m) for m in missing})) for f, it in items
+                (f, _drop_labels(it, {settings.predict.label_map.get(m, m) for m in missing}))
+                for f, it in items
             ]
         state = _journal_path(settings, journal, f"cvat-{task}-{version}")
         with bar("push", len(items)) as advance:
@@ -343,8 +349,8 @@ def pull_cvat(
     """Job annotations changed since the cursor, as canonical JSON lines, plus a QA file beside them."""
     from dataclasses import asdict
 
-    from labelloop.connectors.cvat import CvatConnector, PullCursor
-    from labelloop.connectors.formats.canonical import item_to_dict
+    from labelloop.connectors.cvat.connector import CvatConnector, PullCursor
+    from labelloop.connectors.formats.canonical_json import item_to_dict
 
     cursor = _read_cursor(cursor_path, PullCursor.from_json) or PullCursor()
     with CvatConnector.from_env() as conn, bar("pull", 1) as advance:

@@ -5,7 +5,7 @@ Only this module speaks Label Studio's HTTP API (conversions live in ``formats.l
 - Writes of predictions go through the bulk ``/api/projects/{id}/import/predictions`` endpoint
   and are idempotent per (task, model_version): before each chunk is sent, and again before it
   is retried, the tasks that already hold a prediction of that version are dropped from it, so
-  a lost answer or a rerun never duplicates one. A :class:`~labelloop.journal.PushJournal`
+  a lost answer or a rerun never duplicates one. A :class:`~labelloop.connectors.journal.PushJournal`
   makes a pool push resumable without re-reading what is known to be done.
 - Pulls read tasks changed since a cursor (Data Manager filter ``tasks:updated_at >=``; Label
   Studio bumps a task's ``updated_at`` whenever one of its annotations is created, edited or
@@ -35,8 +35,8 @@ from typing import Any
 
 import requests
 
+from labelloop.connectors.journal import PushJournal
 from labelloop.errors import ConfigError, RemoteError
-from labelloop.journal import PushJournal
 from labelloop.types import ImageItem, Provenance, Source
 
 log = logging.getLogger(__name__)

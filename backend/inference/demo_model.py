@@ -98,7 +98,7 @@ def build_demo_model(cache_dir: Path, progress: bool = True) -> Path:
     target = demo_model_path(cache_dir)
     if target.exists():
         return target
-    from labelloop.backend.yolo_env import ensure_yolo_env
+    from labelloop.backend.inference.yolo_env import ensure_yolo_env
 
     ensure_yolo_env(cache_dir)
     with _file_lock(target.with_suffix(".lock")):

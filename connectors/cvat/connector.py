@@ -45,8 +45,8 @@ from PIL import Image
 
 from labelloop.connectors.formats import cvat as fmt
 from labelloop.connectors.formats.cvat import MACHINE_SOURCES
+from labelloop.connectors.journal import PushJournal
 from labelloop.errors import ConfigError, FetchError, RemoteError
-from labelloop.journal import PushJournal
 from labelloop.types import ImageItem, Provenance, Region, Source
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,43 @@
+"""``labelloop bench ...``: benchmarks that print ratios against a baseline measured in the same run
+and write JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from labelloop.cli.common import ModelOpt, TokenOpt, UrlOpt, app, setup_logging
+from labelloop.settings import load_settings
+
+bench_app = typer.Typer(help="Benchmarks (print ratios, write JSON).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("predict")
+def bench_predict(
+    tasks: Annotated[int, typer.Option(help="tasks whose images Label Studio serves")] = 64,
+    out: Annotated[Path, typer.Option(help="JSON results")] = Path("bench-results/predict.json"),
+    model: ModelOpt = None,
+) -> None:
+    """Images/s of /predict vs a per-task loop, and the raw forward as the ceiling."""
+    setup_logging()
+    from labelloop.bench.runs import bench_predict as run
+
+    run(load_settings(model=model), n_tasks=tasks, out=out)
+
+
+@bench_app.command("push")
+def bench_push(
+    tasks: Annotated[int, typer.Option(help="tasks per project")] = 1000,
+    chunk: Annotated[int, typer.Option(help="predictions per bulk request")] = 500,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    out: Annotated[Path, typer.Option(help="JSON results")] = Path("bench-results/push.json"),
+) -> None:
+    """Label Studio prelabel push: bulk + journal vs one POST per task (default: a throwaway server)."""
+    setup_logging()
+    from labelloop.bench.runs import bench_push as run
+
+    run(tasks, out, chunk=chunk, url=url, token=token)

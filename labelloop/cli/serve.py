@@ -1,0 +1,56 @@
+"""``labelloop serve`` and ``labelloop worker``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from typing import Annotated
+
+import typer
+
+from labelloop.backend.inference.weights import resolve_weights
+from labelloop.cli.common import ModelOpt, app, console, setup_logging
+from labelloop.settings import load_settings
+
+
+@app.command()
+def serve(
+    model: ModelOpt = None,
+    host: Annotated[str | None, typer.Option(help="bind address (LABELLOOP_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (LABELLOOP_PORT)")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="gunicorn worker processes (LABELLOOP_HTTP_WORKERS)")
+    ] = None,
+    rq_worker: Annotated[bool, typer.Option(help="also run an rq worker for background predictions")] = True,
+) -> None:
+    """Serve the Label Studio ML backend under gunicorn."""
+    setup_logging()
+    settings = load_settings(model=model, host=host, port=port, http_workers=workers)
+    weights = resolve_weights(settings)
+    settings = settings.with_(**{"model": weights})
+    from labelloop.backend.serving.gunicorn import run_gunicorn
+
+    child = None
+    if rq_worker:
+        env = {**os.environ, **settings.environment()}
+        child = subprocess.Popen([sys.executable, "-m", "labelloop.cli", "worker"], env=env)
+    try:
+        console.print(
+            f"labelloop ML backend: http://{settings.serve.host}:{settings.serve.port}  model {weights}"
+        )
+        run_gunicorn(settings, weights)
+    finally:
+        if child is not None:
+            child.send_signal(signal.SIGTERM)
+            child.wait(timeout=30)
+
+
+@app.command()
+def worker(burst: Annotated[bool, typer.Option(help="exit when the queue is empty")] = False) -> None:
+    """Run an rq worker for background predictions (any host that reaches Redis)."""
+    setup_logging()
+    from labelloop.backend.serving.gunicorn import run_worker
+
+    run_worker(load_settings(), burst=burst)
