@@ -237,6 +237,13 @@ for _section, _cls in SECTIONS.items():
 _FLAT.update({"cvat_url": ("cvat", "url"), "cvat_access_token": ("cvat", "access_token")})
 
 
+ENV_NAMES: frozenset[str] = frozenset(
+    {"LABELLOOP_CACHE_DIR", "LABELLOOP_CACHE", "LABELLOOP_CONFIG"}
+    | {cls.env_name(f) for cls in SECTIONS.values() for f in cls.model_fields}
+)
+"""Every environment variable labelloop reads (docker files and docs are checked against it)."""
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json", exclude_none=True)

@@ -10,7 +10,7 @@ import yaml
 from typer.main import get_command
 
 from labelloop.cli import app
-from labelloop.settings import Settings
+from labelloop.settings import ENV_NAMES, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -23,7 +23,7 @@ def compose() -> dict:
 def test_compose_services_build_run_and_configure_what_exists() -> None:
     c = compose()
     commands = set(get_command(app).commands)  # type: ignore[attr-defined]
-    fields = {f"LABELLOOP_{k.upper()}" for k in Settings.model_fields}
+    fields = ENV_NAMES
     ours = {name: s for name, s in c["services"].items() if "build" in s}
     assert set(ours) == {"backend", "worker"}
     for name, svc in ours.items():
