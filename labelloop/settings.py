@@ -86,6 +86,8 @@ class LabelStudioSettings(Section):
     env_prefix: ClassVar[str] = "LABELLOOP_LABEL_STUDIO_"
     url: str | None = None
     token: str | None = None
+    server_venv: Path | None = Field(None, description="venv with label-studio (tests, demo)")
+    env_names: ClassVar[dict[str, str]] = {"server_venv": "LABELLOOP_LS_VENV"}
 
     @field_validator("url")
     @classmethod

@@ -284,7 +284,7 @@ def prelabel_cvat(
                 items.append((f, replace(item, uri=f.name, regions=regions)))
             advance(1)
     summary = Summary("cvat", {"model_version": version})
-    with CvatConnector.from_env() as conn:
+    with CvatConnector.from_settings(settings) as conn:
         summary.where["url"] = conn.url
         if task is None:
             scores = {f.name: it.score for f, it in items}
@@ -353,7 +353,7 @@ def pull_cvat(
     from labelloop.connectors.formats.canonical_json import item_to_dict
 
     cursor = _read_cursor(cursor_path, PullCursor.from_json) or PullCursor()
-    with CvatConnector.from_env() as conn, bar("pull", 1) as advance:
+    with CvatConnector.from_settings(settings) as conn, bar("pull", 1) as advance:
         res = conn.pull(task, cursor)
         advance(1)
         url = conn.url

@@ -510,7 +510,7 @@ def test_cli_agent_function_against_peer(
     reason="set CVAT_URL and CVAT_USER/CVAT_PASSWORD (or CVAT_ACCESS_TOKEN) to run against a real CVAT",
 )
 def test_real_cvat_roundtrip(tmp_path: Path) -> None:
-    conn = CvatConnector.from_env(backoff_s=0.5, poll_s=1.0)
+    conn = CvatConnector.from_settings(backoff_s=0.5, poll_s=1.0)
     paths = make_images(tmp_path / "img", 4)
     items = make_items(paths)
     task = conn.create_task(

@@ -81,9 +81,13 @@ def test_only_settings_reads_labelloop_and_cvat_variables() -> None:
             if path.name == "settings.py" and path.parent.name == "labelloop":
                 continue
             for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                    if node.value.startswith(("LABELLOOP_", "CVAT_")) and _reads_env(path, node):
-                        offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value}")
+                if (
+                    isinstance(node, ast.Constant)
+                    and isinstance(node.value, str)
+                    and node.value.startswith(("LABELLOOP_", "CVAT_"))
+                    and _reads_env(path, node)
+                ):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value}")
     assert not offenders, offenders
 
 

@@ -165,7 +165,7 @@ class ImageFetcher:
         try:
             data = self.read_bytes(uri, label_studio)
             sha = hashlib.sha256(data).hexdigest()
-            return Fetched(uri, decode_image(data, self.s.max_image_pixels), sha)
+            return Fetched(uri, decode_image(data, self.s.fetch.max_image_pixels), sha)
         except FetchError as e:
             return Fetched(uri, error=str(e))
         except Exception as e:  # a bug or an odd peer must not take the whole batch down
@@ -180,7 +180,7 @@ class ImageFetcher:
         Only a bounded window is in flight, so a consumer that stops early (a time budget)
         leaves no pile of downloads behind.
         """
-        window = self.s.fetch_workers * 2
+        window = self.s.fetch.workers * 2
         pending: list[Future[Fetched]] = []
         it = iter(uris)
         try:
@@ -209,7 +209,7 @@ class ImageFetcher:
                 lambda u: self._http(u, ls.auth_header(), trusted=True),
             )
         if parsed.scheme in ("http", "https"):
-            return self._cached(uri, lambda u: self._http(u, {}, trusted=self.s.allow_private_urls))
+            return self._cached(uri, lambda u: self._http(u, {}, trusted=self.s.fetch.allow_private_urls))
         if parsed.scheme in ("", "file"):
             return self._local_file(Path(parsed.path if parsed.scheme else uri))
         return self._cached(uri, self._fsspec)
@@ -249,14 +249,14 @@ class ImageFetcher:
                 )
             try:
                 r = self._session().get(
-                    url, headers=headers, timeout=self.s.fetch_timeout, stream=True, allow_redirects=False
+                    url, headers=headers, timeout=self.s.fetch.timeout, stream=True, allow_redirects=False
                 )
             except requests.RequestException as e:
                 raise FetchError(f"cannot download {url}: {type(e).__name__}: {e}") from e
             if r.is_redirect:
                 url = urljoin(url, r.headers["location"])
                 headers = {}  # never send a token to where a redirect points
-                trusted = trusted and self.s.allow_private_urls
+                trusted = trusted and self.s.fetch.allow_private_urls
                 continue
             if r.status_code in (401, 403):
                 raise FetchError(
@@ -272,14 +272,14 @@ class ImageFetcher:
         buf, size = io.BytesIO(), 0
         for c in chunks:
             size += len(c)
-            if size > self.s.max_image_bytes:
-                raise FetchError(f"{what} is larger than LABELLOOP_MAX_IMAGE_BYTES={self.s.max_image_bytes}")
+            if size > self.s.fetch.max_image_bytes:
+                raise FetchError(f"{what} is larger than LABELLOOP_MAX_IMAGE_BYTES={self.s.fetch.max_image_bytes}")
             buf.write(c)
         return buf.getvalue()
 
     def _local_file(self, path: Path) -> bytes:
         real = path.resolve()
-        roots = [r.resolve() for r in self.s.local_roots]
+        roots = [r.resolve() for r in self.s.fetch.local_roots]
         if not any(real.is_relative_to(r) for r in roots):
             raise FetchError(
                 f"refused local path {path}: not under LABELLOOP_LOCAL_ROOTS "

@@ -256,9 +256,9 @@ class Predictor:
         bgr = [np.ascontiguousarray(f.image[..., ::-1]) for f in chunk]  # type: ignore[index]
         kwargs: dict[str, Any] = dict(
             imgsz=self.imgsz,
-            conf=s.conf,
-            iou=s.iou,
-            max_det=s.max_det,
+            conf=s.predict.conf,
+            iou=s.predict.iou,
+            max_det=s.predict.max_det,
             device=self.device,
             verbose=False,
             batch=self.batch,

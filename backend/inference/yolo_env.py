@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from labelloop.settings import default_cache_dir
+
 
 def ensure_yolo_env(cache_dir: Path | None = None) -> None:
-    base = Path(cache_dir or os.environ.get("LABELLOOP_CACHE", Path.home() / ".cache" / "labelloop"))
+    base = Path(cache_dir or default_cache_dir())
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_VERBOSE", "False")
     for var, sub in (("YOLO_CONFIG_DIR", "ultralytics"), ("MPLCONFIGDIR", "matplotlib")):

@@ -82,8 +82,8 @@ class _ProjectAccess:
 
     def get(self, project: str) -> LabelStudioAccess | None:
         s = self.settings
-        if s.label_studio_url:  # configured settings win over what a request said
-            return LabelStudioAccess(s.label_studio_url, s.label_studio_token)
+        if s.labelstudio.url:  # configured settings win over what a request said
+            return LabelStudioAccess(s.labelstudio.url, s.labelstudio.token)
         value = self._mem.get(project)
         if value is None:
             try:

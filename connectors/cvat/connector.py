@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -47,6 +46,7 @@ from labelloop.connectors.formats import cvat as fmt
 from labelloop.connectors.formats.cvat import MACHINE_SOURCES
 from labelloop.connectors.journal import PushJournal
 from labelloop.errors import ConfigError, FetchError, RemoteError
+from labelloop.settings import Settings, load_settings
 from labelloop.types import ImageItem, Provenance, Region, Source
 
 log = logging.getLogger(__name__)
@@ -247,14 +247,15 @@ class CvatConnector:
         self.server_version = str(about)
 
     @classmethod
-    def from_env(cls, **kwargs: Any) -> CvatConnector:
-        """CVAT_URL, CVAT_USER + CVAT_PASSWORD or CVAT_ACCESS_TOKEN, CVAT_ORG (optional)."""
+    def from_settings(cls, settings: Settings | None = None, **kwargs: Any) -> CvatConnector:
+        """From ``settings.cvat`` (CVAT_URL, CVAT_USER + CVAT_PASSWORD or CVAT_ACCESS_TOKEN, CVAT_ORG)."""
+        c = (settings or load_settings()).cvat
         return cls(
-            os.environ.get("CVAT_URL", ""),
-            user=os.environ.get("CVAT_USER"),
-            password=os.environ.get("CVAT_PASSWORD"),
-            access_token=os.environ.get("CVAT_ACCESS_TOKEN"),
-            organization=os.environ.get("CVAT_ORG"),
+            c.url or "",
+            user=c.user,
+            password=c.password,
+            access_token=c.access_token,
+            organization=c.org,
             **kwargs,
         )
 

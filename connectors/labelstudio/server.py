@@ -18,6 +18,7 @@ import requests
 
 from labelloop.errors import ConfigError, RemoteError
 from labelloop.procs import spawn, stop_group, tail
+from labelloop.settings import default_cache_dir, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 OFFLINE_ENV = {
@@ -40,7 +41,7 @@ def free_port() -> int:
 
 
 def find_label_studio(venv: Path | None = None) -> Path:
-    exe = (venv or Path(os.environ.get("LABELLOOP_LS_VENV", ROOT / ".venv-ls"))) / "bin" / "label-studio"
+    exe = (venv or load_settings().labelstudio.server_venv or ROOT / ".venv-ls") / "bin" / "label-studio"
     if not exe.exists():
         raise ConfigError(
             f"Label Studio is not installed at {exe}: run `bash scripts/bootstrap.sh ls` "
@@ -68,9 +69,7 @@ class LabelStudioServer:
         self.username, self.password, self.token = username, password, token
         self.data_dir = self.workdir / "data"
         self.document_root = self.workdir / "files"
-        self.cache_dir = cache_dir or Path(
-            os.environ.get("LABELLOOP_CACHE", Path.home() / ".cache" / "labelloop")
-        )
+        self.cache_dir = cache_dir or default_cache_dir()
         self.log_path = self.workdir / "label-studio.log"
         self.proc: subprocess.Popen | None = None
 
