@@ -33,7 +33,8 @@ def should_retrain(new_verified: int, oldest_new_age_h: float | None, rules: Tri
         return Decision(True, f"{new_verified} new human-verified images >= {rules.min_new_labels}")
     if rules.max_age_h is not None and new_verified > 0 and (oldest_new_age_h or 0) >= rules.max_age_h:
         return Decision(
-            True, f"{new_verified} new images, the oldest waiting {oldest_new_age_h:.1f} h >= {rules.max_age_h} h"
+            True,
+            f"{new_verified} new images, the oldest waiting {oldest_new_age_h:.1f} h >= {rules.max_age_h} h",
         )
     return Decision(False, f"{new_verified} new human-verified images < {rules.min_new_labels}")
 
@@ -46,7 +47,9 @@ def retrain_job_id(version_id: str) -> str:
     return f"retrain-{version_id}"
 
 
-def enqueue_retrain(settings: Settings, version_id: str, reason: str, *, conn: Redis | None = None) -> str | None:
+def enqueue_retrain(
+    settings: Settings, version_id: str, reason: str, *, conn: Redis | None = None
+) -> str | None:
     """Enqueue the retrain of ``version_id`` unless some process already did; returns the job id when
     this call enqueued it, else None."""
     conn = conn or Redis.from_url(settings.queue.redis_url, socket_connect_timeout=5)

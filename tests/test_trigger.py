@@ -10,7 +10,13 @@ from redis import Redis
 from rq import Queue
 
 from labelloop.settings import TriggerSettings, load_settings
-from labelloop.sync.trigger import RETRAIN_JOB, enqueue_retrain, retrain_job_id, should_retrain, train_queue_name
+from labelloop.sync.trigger import (
+    RETRAIN_JOB,
+    enqueue_retrain,
+    retrain_job_id,
+    should_retrain,
+    train_queue_name,
+)
 
 
 @pytest.fixture

@@ -273,7 +273,9 @@ class ImageFetcher:
         for c in chunks:
             size += len(c)
             if size > self.s.fetch.max_image_bytes:
-                raise FetchError(f"{what} is larger than LABELLOOP_MAX_IMAGE_BYTES={self.s.fetch.max_image_bytes}")
+                raise FetchError(
+                    f"{what} is larger than LABELLOOP_MAX_IMAGE_BYTES={self.s.fetch.max_image_bytes}"
+                )
             buf.write(c)
         return buf.getvalue()
 
