@@ -105,7 +105,11 @@ def build_demo_model(cache_dir: Path, progress: bool = True) -> Path:
         if target.exists():  # another process built it while we waited
             return target
         from ultralytics import YOLO
+        from ultralytics.utils import SETTINGS
 
+        # Ultralytics' own MLflow integration would start a store in the working directory (mlflow
+        # is installed for the registry); labelloop records its runs explicitly
+        SETTINGS.update({"mlflow": False})
         with tempfile.TemporaryDirectory(prefix="labelloop-demo-") as tmp:
             data = write_shapes_dataset(
                 Path(tmp) / "data", RECIPE["n_train"], RECIPE["n_val"], seed=RECIPE["seed"]
