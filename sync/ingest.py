@@ -1,0 +1,681 @@
+"""A pull (:class:`~labelloop.connectors.platform.PullResult`) into the store, idempotently, data
+and cursor in one transaction.
+
+Per annotation pulled:
+
+- the same (source, annotation id, updated_at) as its latest stored revision: nothing is written
+  (without an ``updated_at``, the same content counts as the same state);
+- otherwise a new revision is appended (revisions are never updated or deleted) and the
+  annotation's head moves to it;
+- an annotation that cannot be used (no ids, a bad image size, a region that is not a Region, a
+  non-finite coordinate, an unreadable date...) goes to the ``quarantine`` table with its reason
+  (a :class:`~labelloop.errors.DataError`) and the rest ingest. Boxes outside the image or of zero
+  size are kept: the version checks report them by item.
+
+Reconciliation (deletions never show up in an ``updated_at`` poll): for every task the pull read
+(``result.present``), a stored live annotation whose id is not listed is tombstoned
+(``annotation_absent``); when the pull listed every task of the container (``result.all_tasks``),
+a stored task not listed is tombstoned with all its live annotations (``task_absent``). A
+tombstoned annotation that comes back gets a new revision and is live again.
+
+Which source a label is (``label_source``): ``extra["label_source"]`` when the connector says;
+else the regions' provenance when all regions share one machine source and no person submitted
+them (pseudo and synthetic regions stay machine labels even under a user's name: an API import);
+else ``human``. A person who submits a prelabel unchanged made a human label: that is what
+submitting means on Community Label Studio.
+
+Speed: per batch of :data:`BATCH` annotations one query reads the heads, one the tasks, one the
+items; inserts and updates go as executemany lists; no ORM objects are made in this path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from labelloop.connectors.formats.canonical_json import region_to_dict
+from labelloop.connectors.platform import Cursor, PulledAnnotation, PullResult, Target
+from labelloop.errors import DataError, ErrorKind, LabelloopError, StoreError
+from labelloop.sync.store.engine import Store
+from labelloop.sync.store.keys import FILLABLE, item_key, uri_sha
+from labelloop.sync.store.models import (
+    HeadRow,
+    ItemRow,
+    ItemUriRow,
+    QuarantineRow,
+    RevisionRow,
+    SourceRow,
+    TaskRow,
+    TombstoneRow,
+)
+from labelloop.types import ImageItem, Region, Source
+
+BATCH = 500
+META_KEYS = ("source_id", "timestamp", "camera", "scene", "video", "uploader")
+"""Seed metadata read from ``item.metadata`` into item columns (the rest stays in ``meta``)."""
+
+
+@dataclass
+class IngestReport:
+    source: str
+    pulled: int = 0  # annotations in the result
+    new_revisions: int = 0
+    unchanged: int = 0
+    quarantined: int = 0
+    tombstoned: int = 0  # annotations found deleted
+    tasks_deleted: int = 0
+    new_items: int = 0
+    rekeyed: int = 0  # tasks moved from a placeholder to the real sha
+    cursor_saved: bool = False
+    seconds: float = 0.0
+    reasons: list[str] = field(default_factory=list)  # quarantine reasons, first few
+
+    @property
+    def changed(self) -> int:
+        return self.new_revisions + self.tombstoned
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def now() -> datetime:
+    """UTC, naive (both databases store it the same way)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise DataError(f"time {value!r} is not an ISO-8601 string")
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+    except ValueError:
+        raise DataError(f"time {value!r} is not ISO-8601") from None
+    return t.astimezone(UTC).replace(tzinfo=None) if t.tzinfo else t
+
+
+# ------------------------------------------------------------------------------- public API
+
+
+def ingest(
+    store_or_session: Store | Session,
+    target: Target,
+    result: PullResult,
+    *,
+    commit_cursor: bool = True,
+) -> IngestReport:
+    """Write ``result`` (annotations, tombstones, quarantine and, with ``commit_cursor``, the
+    cursor) in ONE transaction.
+
+    Given a :class:`Store`, the transaction is opened and committed here. Given a ``Session``, the
+    work runs in the caller's transaction and is flushed, not committed: the caller commits (and
+    can add its own rows to the same transaction). A database failure raises StoreError
+    (retryable); in the Store form nothing of the pass is kept, so the cursor never runs ahead of
+    the data.
+    """
+    t0 = time.monotonic()
+    try:
+        if isinstance(store_or_session, Store):
+            with store_or_session.transaction() as s:
+                report = _ingest(s, target, result, commit_cursor)
+        else:
+            report = _ingest(store_or_session, target, result, commit_cursor)
+            store_or_session.flush()
+    except DBAPIError as e:
+        orig = getattr(e, "orig", None) or e
+        first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+        raise StoreError(f"store write for {target.key} failed: {first}") from e
+    report.seconds = round(time.monotonic() - t0, 4)
+    return report
+
+
+def load_cursor(store_or_session: Store | Session, target: Target) -> Cursor | None:
+    """The cursor stored for ``target`` (None before its first pull)."""
+    if isinstance(store_or_session, Store):
+        with store_or_session.session() as s:
+            return load_cursor(s, target)
+    text = store_or_session.execute(select(SourceRow.cursor).where(SourceRow.key == target.key)).scalar()
+    return Cursor.from_json(text) if text else None
+
+
+def save_cursor(session: Session, target: Target, cursor: Cursor) -> None:
+    """Store ``cursor`` for ``target`` in the caller's transaction."""
+    _ensure_source(session, target)
+    session.execute(
+        update(SourceRow)
+        .where(SourceRow.key == target.key)
+        .values(cursor=cursor.to_json(), cursor_at=now(), passes=SourceRow.passes + 1)
+    )
+
+
+# ------------------------------------------------------------------------------- internals
+
+
+@dataclass(slots=True)
+class _Row:
+    """One usable annotation, ready for the tables."""
+
+    task_id: str
+    annotation_id: str
+    state_key: str
+    revision: dict[str, Any]
+    item: dict[str, Any]
+    uri: str | None
+    placeholder: bool
+
+
+def _ingest(s: Session, target: Target, result: PullResult, commit_cursor: bool) -> IngestReport:
+    report = IngestReport(target.key, pulled=len(result.annotations))
+    _ensure_source(s, target)
+    stamp = now()
+    rows: list[_Row] = []
+    quarantined: list[dict[str, Any]] = []
+    for ann in result.annotations:
+        try:
+            rows.append(_convert(target, ann, stamp))
+        except LabelloopError as e:
+            quarantined.append(_quarantine_row(target, ann, e.kind, str(e), stamp))
+        except Exception as e:  # malformed beyond what the checks above name
+            reason = f"unusable annotation ({type(e).__name__}: {e})"
+            quarantined.append(_quarantine_row(target, ann, ErrorKind.DATA, reason, stamp))
+    for start in range(0, len(rows), BATCH):
+        _write_batch(s, target, rows[start : start + BATCH], stamp, report)
+    if quarantined:
+        _write_quarantine(s, target, quarantined, report)
+    _reconcile(s, target, result, stamp, report)
+    if commit_cursor:
+        save_cursor(s, target, result.cursor)
+        report.cursor_saved = True
+    return report
+
+
+def _ensure_source(s: Session, target: Target) -> None:
+    if s.execute(select(SourceRow.key).where(SourceRow.key == target.key)).first() is None:
+        s.execute(
+            insert(SourceRow).values(
+                key=target.key,
+                platform=target.platform,
+                url=target.url.rstrip("/"),
+                container=int(target.container),
+                passes=0,
+            )
+        )
+
+
+def _text_id(value: Any, what: str) -> str:
+    if value is None or isinstance(value, bool) or str(value).strip() == "":
+        raise DataError(f"annotation has no {what}")
+    text = str(value)
+    if len(text) > 255:
+        raise DataError(f"{what} {text[:40]!r}... is longer than 255 characters")
+    return text
+
+
+def _regions_json(regions: Any, what: str) -> tuple[str, list[dict[str, Any]]]:
+    if regions is None:
+        regions = []
+    if not isinstance(regions, list | tuple):
+        raise DataError(f"{what} is a {type(regions).__name__}, not a list of regions")
+    dicts = []
+    for k, r in enumerate(regions):
+        if not isinstance(r, Region):
+            raise DataError(f"{what}[{k}] is a {type(r).__name__}, not a Region")
+        if not isinstance(r.label, str) or not r.label:
+            raise DataError(f"{what}[{k}] has no label")
+        dicts.append(region_to_dict(r))
+    try:
+        text = json.dumps(dicts, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        raise DataError(f"{what} has a coordinate or score that is not a finite number") from None
+    except TypeError as e:
+        raise DataError(f"{what} holds something JSON cannot (attributes?): {e}") from None
+    return text, dicts
+
+
+def _label_source(ann: PulledAnnotation, regions: Sequence[Region]) -> str:
+    given = (ann.extra or {}).get("label_source")
+    if given is not None:
+        try:
+            return str(Source(given))
+        except ValueError:
+            raise DataError(f"label_source {given!r} is not one of {[str(x) for x in Source]}") from None
+    sources = {r.provenance.source for r in regions}
+    if len(sources) == 1:
+        (only,) = sources
+        if only in (Source.PSEUDO, Source.SYNTHETIC) or (only == Source.PRELABEL and not ann.annotator):
+            return str(only)
+    return str(Source.HUMAN)
+
+
+def _finite(value: Any, what: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{what} {value!r} is not a number") from None
+    if not math.isfinite(v):
+        raise DataError(f"{what} {value!r} is not finite")
+    return v
+
+
+def _short(value: Any, n: int = 64) -> str | None:
+    return None if value is None else str(value)[:n]
+
+
+def _convert(target: Target, ann: PulledAnnotation, stamp: datetime) -> _Row:
+    task_id = _text_id(ann.task_id, "task id")
+    annotation_id = _text_id(ann.annotation_id, "annotation id")
+    item = ann.item
+    if not isinstance(item, ImageItem):
+        raise DataError(f"annotation {annotation_id} carries no image item")
+    try:
+        width, height = int(item.width), int(item.height)
+    except (TypeError, ValueError):
+        raise DataError(f"image size {item.width!r}x{item.height!r} is not a number") from None
+    if width <= 0 or height <= 0:
+        raise DataError(f"image size {width}x{height} is not positive")
+    regions_text, _ = _regions_json(item.regions, "regions")
+    prelabel_text = None
+    extra = dict(ann.extra or {})
+    if ann.prelabel is not None:
+        try:
+            prelabel_text, _ = _regions_json(ann.prelabel, "prelabel")
+        except DataError as e:  # the human label is still good; say why its prelabel is not kept
+            extra["prelabel_error"] = str(e)
+    updated_ts = parse_time(ann.updated_at)
+    parse_time(ann.created_at)
+    review_state = ann.review_state
+    if review_state not in (None, "accepted", "rejected"):
+        raise DataError(f"review state {review_state!r} is not accepted, rejected or none")
+    label_source = _label_source(ann, item.regions)
+    key, placeholder = item_key(target.key, task_id, item.sha256)
+    job_id = None if ann.job_id is None else int(ann.job_id)
+    content = hashlib.sha256(
+        json.dumps(
+            [
+                regions_text,
+                prelabel_text,
+                bool(ann.cancelled),
+                bool(ann.ground_truth),
+                review_state,
+                ann.reviewer,
+                ann.annotator,
+                ann.stage,
+                ann.state,
+                ann.prelabel_id,
+                label_source,
+            ],
+            default=str,
+        ).encode()
+    ).hexdigest()
+    state_key = str(ann.updated_at)[:255] if ann.updated_at else f"sha:{content}"
+    try:
+        extra_json = json.loads(json.dumps(extra, default=str, allow_nan=False)) if extra else None
+    except ValueError:
+        extra_json = {"unserialisable": True}
+    revision = {
+        "source_key": target.key,
+        "platform": str(ann.platform or target.platform),
+        "container": int(ann.container if ann.container is not None else target.container),
+        "task_id": task_id,
+        "annotation_id": annotation_id,
+        "state_key": state_key,
+        "job_id": job_id,
+        "stage": _short(ann.stage),
+        "state": _short(ann.state),
+        "annotator": None if ann.annotator is None else str(ann.annotator),
+        "reviewer": None if ann.reviewer is None else str(ann.reviewer),
+        "review_state": review_state,
+        "created_at": _short(ann.created_at),
+        "updated_at": _short(ann.updated_at),
+        "updated_ts": updated_ts,
+        "lead_time": _finite(ann.lead_time, "lead time"),
+        "cancelled": bool(ann.cancelled),
+        "ground_truth": bool(ann.ground_truth),
+        "label_source": label_source,
+        "prelabel_id": None if ann.prelabel_id is None else str(ann.prelabel_id)[:255],
+        "prelabel_model_version": None if ann.prelabel_model_version is None else str(ann.prelabel_model_version),
+        "prelabel_json": prelabel_text,
+        "regions_json": regions_text,
+        "n_regions": len(item.regions),
+        "width": width,
+        "height": height,
+        "content_sha": content,
+        "extra": extra_json,
+        "ingested_at": stamp,
+    }
+    meta = dict(item.metadata or {})
+    item_row = {
+        "sha256": key,
+        "placeholder": placeholder,
+        "replaced_by": None,
+        "uri": item.uri,
+        "width": width,
+        "height": height,
+        "size_bytes": _int_or_none(meta.pop("size_bytes", None) or meta.pop("size", None)),
+        "group_id": None if item.group_id is None else str(item.group_id),
+        **{k: (None if meta.get(k) is None else str(meta.pop(k))) for k in META_KEYS},
+        "meta": _plain_meta(meta),
+        "first_seen": stamp,
+    }
+    return _Row(task_id, annotation_id, state_key, revision, item_row, item.uri or None, placeholder)
+
+
+def _int_or_none(v: Any) -> int | None:
+    try:
+        return None if v is None else int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _plain_meta(meta: dict[str, Any]) -> dict[str, Any] | None:
+    if not meta:
+        return None
+    try:
+        return json.loads(json.dumps(meta, default=str, allow_nan=False))
+    except ValueError:
+        return {k: str(v) for k, v in meta.items()}
+
+
+def _insert_ignore(s: Session, table: Any, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    dialect = s.get_bind().dialect.name
+    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    s.execute(ins.on_conflict_do_nothing(), rows)
+
+
+def _write_batch(s: Session, target: Target, batch: list[_Row], stamp: datetime, report: IngestReport) -> None:
+    key = target.key
+    # 1. which of these states are stored already (one query)
+    ids = list({r.annotation_id for r in batch})
+    heads = {
+        a: (seq, state_key, deleted)
+        for a, seq, state_key, deleted in s.execute(
+            select(HeadRow.annotation_id, HeadRow.seq, HeadRow.state_key, HeadRow.deleted).where(
+                HeadRow.source_key == key, HeadRow.annotation_id.in_(ids)
+            )
+        )
+    }
+    new: list[_Row] = []
+    seqs: dict[str, int] = {}
+    fresh_heads: set[str] = set()
+    for r in batch:
+        head = heads.get(r.annotation_id)
+        if head is not None and head[1] == r.state_key and not head[2]:
+            report.unchanged += 1
+            continue
+        seq = (head[0] if head else 0) + 1
+        if head is None:
+            fresh_heads.add(r.annotation_id)
+        heads[r.annotation_id] = (seq, r.state_key, False)
+        seqs[r.annotation_id] = seq
+        r.revision["seq"] = seq
+        new.append(r)
+    if not new:
+        return
+    # 2. items and tasks of the new revisions
+    _write_items(s, new, report)
+    _write_tasks(s, key, new, report)
+    # 3. revisions (append), then heads (insert new, move existing)
+    rev_ids = list(
+        s.execute(
+            insert(RevisionRow).returning(RevisionRow.id, sort_by_parameter_order=True),
+            [r.revision for r in new],
+        ).scalars()
+    )
+    report.new_revisions += len(new)
+    latest: dict[str, tuple[int, _Row]] = {}
+    for rid, r in zip(rev_ids, new, strict=True):
+        latest[r.annotation_id] = (rid, r)  # the last state of an id in this batch wins
+    head_rows = [
+        {
+            "source_key": key,
+            "annotation_id": a,
+            "task_id": r.task_id,
+            "revision_id": rid,
+            "seq": seqs[a],
+            "state_key": r.state_key,
+            "deleted": False,
+        }
+        for a, (rid, r) in latest.items()
+    ]
+    inserts = [h for h in head_rows if h["annotation_id"] in fresh_heads]
+    updates = [h for h in head_rows if h["annotation_id"] not in fresh_heads]
+    if inserts:
+        s.execute(insert(HeadRow), inserts)
+    if updates:
+        t = HeadRow.__table__
+        s.execute(
+            update(t)
+            .where(t.c.source_key == bindparam("b_key"), t.c.annotation_id == bindparam("b_id"))
+            .values(
+                task_id=bindparam("b_task"),
+                revision_id=bindparam("b_rev"),
+                seq=bindparam("b_seq"),
+                state_key=bindparam("b_state"),
+                deleted=False,
+            )
+            .execution_options(synchronize_session=False),
+            [
+                {
+                    "b_key": h["source_key"],
+                    "b_id": h["annotation_id"],
+                    "b_task": h["task_id"],
+                    "b_rev": h["revision_id"],
+                    "b_seq": h["seq"],
+                    "b_state": h["state_key"],
+                }
+                for h in updates
+            ],
+        )
+
+
+def _write_items(s: Session, new: list[_Row], report: IngestReport) -> None:
+    items: dict[str, dict[str, Any]] = {}
+    for r in new:
+        items.setdefault(r.item["sha256"], r.item)
+    cols = [getattr(ItemRow, c) for c in FILLABLE]
+    existing = {
+        row[0]: row[1:]
+        for row in s.execute(select(ItemRow.sha256, *cols).where(ItemRow.sha256.in_(list(items))))
+    }
+    fresh = [it for sha, it in items.items() if sha not in existing]
+    if fresh:
+        _insert_ignore(s, ItemRow.__table__, fresh)
+        report.new_items += len(fresh)
+    fills = []
+    for sha, old in existing.items():
+        it = items[sha]
+        changes = {c: it[c] for c, v in zip(FILLABLE, old, strict=True) if v is None and it.get(c) is not None}
+        if changes:
+            fills.append((sha, changes))
+    for sha, changes in fills:  # rare: metadata that was unknown arrives
+        s.execute(update(ItemRow).where(ItemRow.sha256 == sha).values(**changes))
+    uris = {(r.item["sha256"], r.uri) for r in new if r.uri}
+    _insert_ignore(
+        s, ItemUriRow.__table__, [{"sha256": sha, "uri_sha": uri_sha(u), "uri": u} for sha, u in uris]
+    )
+
+
+def _write_tasks(s: Session, key: str, new: list[_Row], report: IngestReport) -> None:
+    tasks: dict[str, _Row] = {}
+    for r in new:
+        tasks[r.task_id] = r  # the latest state of a task names its item
+    existing = {
+        t: (sha, ph, deleted)
+        for t, sha, ph, deleted in s.execute(
+            select(TaskRow.task_id, TaskRow.item_sha, TaskRow.placeholder, TaskRow.deleted).where(
+                TaskRow.source_key == key, TaskRow.task_id.in_(list(tasks))
+            )
+        )
+    }
+    fresh, moved = [], []
+    for t, r in tasks.items():
+        sha, ph = r.item["sha256"], r.placeholder
+        if t not in existing:
+            fresh.append(
+                {"source_key": key, "task_id": t, "item_sha": sha, "placeholder": ph, "uri": r.uri, "deleted": False}
+            )
+            continue
+        old_sha, old_ph, deleted = existing[t]
+        if ph and not old_ph:
+            sha, ph = old_sha, old_ph  # never back from a real sha to the placeholder
+        if (sha, ph) != (old_sha, old_ph) or deleted:
+            moved.append({"b_task": t, "b_sha": sha, "b_ph": ph, "b_uri": r.uri, "b_old": old_sha})
+            if old_ph and not ph:
+                report.rekeyed += 1
+    if fresh:
+        s.execute(insert(TaskRow), fresh)
+    if moved:
+        t = TaskRow.__table__
+        s.execute(
+            update(t)
+            .where(t.c.source_key == key, t.c.task_id == bindparam("b_task"))
+            .values(item_sha=bindparam("b_sha"), placeholder=bindparam("b_ph"), uri=bindparam("b_uri"), deleted=False)
+            .execution_options(synchronize_session=False),
+            moved,
+        )
+        rekeyed = [(m["b_old"], m["b_sha"]) for m in moved if m["b_old"] != m["b_sha"] and not m["b_ph"]]
+        for old, new_sha in rekeyed:
+            s.execute(
+                update(ItemRow)
+                .where(ItemRow.sha256 == old, ItemRow.placeholder.is_(True))
+                .values(replaced_by=new_sha)
+            )
+
+
+def _quarantine_row(target: Target, ann: Any, kind: ErrorKind, reason: str, stamp: datetime) -> dict[str, Any]:
+    def attr(name: str) -> Any:
+        v = getattr(ann, name, None)
+        return None if v is None else str(v)[:255]
+
+    try:
+        payload = json.dumps(
+            {k: getattr(ann, k, None) for k in ("task_id", "annotation_id", "updated_at", "annotator")}
+            | {"item": repr(getattr(ann, "item", None))[:2000]},
+            default=str,
+        )
+    except Exception:
+        payload = None
+    return {
+        "source_key": target.key,
+        "task_id": attr("task_id"),
+        "annotation_id": attr("annotation_id"),
+        "updated_at": None if attr("updated_at") is None else attr("updated_at")[:64],  # type: ignore[index]
+        "kind": str(kind),
+        "reason": reason[:2000],
+        "payload": payload,
+        "found_at": stamp,
+    }
+
+
+def _write_quarantine(s: Session, target: Target, rows: list[dict[str, Any]], report: IngestReport) -> None:
+    """Once per (source, annotation, updated_at): a state pulled again is not quarantined twice."""
+    ids = [r["annotation_id"] for r in rows if r["annotation_id"] is not None]
+    seen: set[tuple[str | None, str | None]] = set()
+    for start in range(0, len(ids), BATCH):
+        chunk = ids[start : start + BATCH]
+        seen |= set(
+            s.execute(
+                select(QuarantineRow.annotation_id, QuarantineRow.updated_at).where(
+                    QuarantineRow.source_key == target.key, QuarantineRow.annotation_id.in_(chunk)
+                )
+            ).tuples()
+        )
+    fresh = []
+    for r in rows:
+        k = (r["annotation_id"], r["updated_at"])
+        if k in seen and r["annotation_id"] is not None:
+            continue
+        seen.add(k)
+        fresh.append(r)
+    if fresh:
+        s.execute(insert(QuarantineRow), fresh)
+    report.quarantined += len(rows)
+    report.reasons += [f"{r['annotation_id']}: {r['reason']}" for r in rows[: max(0, 10 - len(report.reasons))]]
+
+
+def _chunks(values: Iterable[str], n: int = BATCH) -> Iterable[list[str]]:
+    values = list(values)
+    for start in range(0, len(values), n):
+        yield values[start : start + n]
+
+
+def _reconcile(s: Session, target: Target, result: PullResult, stamp: datetime, report: IngestReport) -> None:
+    key = target.key
+    present: dict[str, set[str]] = {str(t): {str(a) for a in ids} for t, ids in (result.present or {}).items()}
+    for ann in result.annotations:  # what the pull returned is present, whatever ``present`` says
+        if ann.task_id is not None and str(ann.task_id) in present:
+            present[str(ann.task_id)].add(str(ann.annotation_id))
+    tombs: list[dict[str, Any]] = []
+    gone: list[str] = []
+    for chunk in _chunks(present):
+        for a, t, rid in s.execute(
+            select(HeadRow.annotation_id, HeadRow.task_id, HeadRow.revision_id).where(
+                HeadRow.source_key == key, HeadRow.task_id.in_(chunk), HeadRow.deleted.is_(False)
+            )
+        ):
+            if a not in present[t]:
+                gone.append(a)
+                tombs.append(_tomb(key, t, a, rid, "annotation_absent", stamp))
+    if result.all_tasks is not None:
+        listed = {str(t) for t in result.all_tasks}
+        known = s.execute(
+            select(TaskRow.task_id).where(TaskRow.source_key == key, TaskRow.deleted.is_(False))
+        ).scalars()
+        missing = [t for t in known if t not in listed]
+        already = set(gone)
+        for chunk in _chunks(missing):
+            for a, t, rid in s.execute(
+                select(HeadRow.annotation_id, HeadRow.task_id, HeadRow.revision_id).where(
+                    HeadRow.source_key == key, HeadRow.task_id.in_(chunk), HeadRow.deleted.is_(False)
+                )
+            ):
+                if a not in already:
+                    gone.append(a)
+                    tombs.append(_tomb(key, t, a, rid, "task_absent", stamp))
+        tombs += [_tomb(key, t, None, None, "task_absent", stamp) for t in missing]
+        for chunk in _chunks(missing):
+            s.execute(
+                update(TaskRow)
+                .where(TaskRow.source_key == key, TaskRow.task_id.in_(chunk))
+                .values(deleted=True)
+                .execution_options(synchronize_session=False)
+            )
+        report.tasks_deleted += len(missing)
+    if not tombs:
+        return
+    s.execute(insert(TombstoneRow), tombs)
+    for chunk in _chunks(gone):
+        s.execute(
+            update(HeadRow)
+            .where(HeadRow.source_key == key, HeadRow.annotation_id.in_(chunk))
+            .values(deleted=True)
+            .execution_options(synchronize_session=False)
+        )
+    report.tombstoned += len(gone)
+
+
+def _tomb(key: str, task: str, ann: str | None, rid: int | None, reason: str, stamp: datetime) -> dict[str, Any]:
+    return {
+        "source_key": key,
+        "task_id": task,
+        "annotation_id": ann,
+        "revision_id": rid,
+        "reason": reason,
+        "found_at": stamp,
+    }
