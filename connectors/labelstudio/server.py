@@ -20,7 +20,7 @@ from labelloop.errors import ConfigError, RemoteError
 from labelloop.procs import spawn, stop_group, tail
 from labelloop.settings import default_cache_dir, load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout (its .venv-ls)
 OFFLINE_ENV = {
     "DJANGO_DB": "sqlite",
     "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
