@@ -347,7 +347,9 @@ def _convert(target: Target, ann: PulledAnnotation, stamp: datetime) -> _Row:
         "ground_truth": bool(ann.ground_truth),
         "label_source": label_source,
         "prelabel_id": None if ann.prelabel_id is None else str(ann.prelabel_id)[:255],
-        "prelabel_model_version": None if ann.prelabel_model_version is None else str(ann.prelabel_model_version),
+        "prelabel_model_version": None
+        if ann.prelabel_model_version is None
+        else str(ann.prelabel_model_version),
         "prelabel_json": prelabel_text,
         "regions_json": regions_text,
         "n_regions": len(item.regions),
@@ -398,7 +400,9 @@ def _insert_ignore(s: Session, table: Any, rows: list[dict[str, Any]]) -> None:
     s.execute(ins.on_conflict_do_nothing(), rows)
 
 
-def _write_batch(s: Session, target: Target, batch: list[_Row], stamp: datetime, report: IngestReport) -> None:
+def _write_batch(
+    s: Session, target: Target, batch: list[_Row], stamp: datetime, report: IngestReport
+) -> None:
     key = target.key
     # 1. which of these states are stored already (one query)
     ids = list({r.annotation_id for r in batch})
@@ -500,7 +504,9 @@ def _write_items(s: Session, new: list[_Row], report: IngestReport) -> None:
     fills = []
     for sha, old in existing.items():
         it = items[sha]
-        changes = {c: it[c] for c, v in zip(FILLABLE, old, strict=True) if v is None and it.get(c) is not None}
+        changes = {
+            c: it[c] for c, v in zip(FILLABLE, old, strict=True) if v is None and it.get(c) is not None
+        }
         if changes:
             fills.append((sha, changes))
     for sha, changes in fills:  # rare: metadata that was unknown arrives
@@ -528,7 +534,14 @@ def _write_tasks(s: Session, key: str, new: list[_Row], report: IngestReport) ->
         sha, ph = r.item["sha256"], r.placeholder
         if t not in existing:
             fresh.append(
-                {"source_key": key, "task_id": t, "item_sha": sha, "placeholder": ph, "uri": r.uri, "deleted": False}
+                {
+                    "source_key": key,
+                    "task_id": t,
+                    "item_sha": sha,
+                    "placeholder": ph,
+                    "uri": r.uri,
+                    "deleted": False,
+                }
             )
             continue
         old_sha, old_ph, deleted = existing[t]
@@ -545,7 +558,12 @@ def _write_tasks(s: Session, key: str, new: list[_Row], report: IngestReport) ->
         s.execute(
             update(t)
             .where(t.c.source_key == key, t.c.task_id == bindparam("b_task"))
-            .values(item_sha=bindparam("b_sha"), placeholder=bindparam("b_ph"), uri=bindparam("b_uri"), deleted=False)
+            .values(
+                item_sha=bindparam("b_sha"),
+                placeholder=bindparam("b_ph"),
+                uri=bindparam("b_uri"),
+                deleted=False,
+            )
             .execution_options(synchronize_session=False),
             moved,
         )
@@ -558,7 +576,9 @@ def _write_tasks(s: Session, key: str, new: list[_Row], report: IngestReport) ->
             )
 
 
-def _quarantine_row(target: Target, ann: Any, kind: ErrorKind, reason: str, stamp: datetime) -> dict[str, Any]:
+def _quarantine_row(
+    target: Target, ann: Any, kind: ErrorKind, reason: str, stamp: datetime
+) -> dict[str, Any]:
     def attr(name: str) -> Any:
         v = getattr(ann, name, None)
         return None if v is None else str(v)[:255]
@@ -606,7 +626,9 @@ def _write_quarantine(s: Session, target: Target, rows: list[dict[str, Any]], re
     if fresh:
         s.execute(insert(QuarantineRow), fresh)
     report.quarantined += len(rows)
-    report.reasons += [f"{r['annotation_id']}: {r['reason']}" for r in rows[: max(0, 10 - len(report.reasons))]]
+    report.reasons += [
+        f"{r['annotation_id']}: {r['reason']}" for r in rows[: max(0, 10 - len(report.reasons))]
+    ]
 
 
 def _chunks(values: Iterable[str], n: int = BATCH) -> Iterable[list[str]]:
@@ -617,7 +639,9 @@ def _chunks(values: Iterable[str], n: int = BATCH) -> Iterable[list[str]]:
 
 def _reconcile(s: Session, target: Target, result: PullResult, stamp: datetime, report: IngestReport) -> None:
     key = target.key
-    present: dict[str, set[str]] = {str(t): {str(a) for a in ids} for t, ids in (result.present or {}).items()}
+    present: dict[str, set[str]] = {
+        str(t): {str(a) for a in ids} for t, ids in (result.present or {}).items()
+    }
     for ann in result.annotations:  # what the pull returned is present, whatever ``present`` says
         if ann.task_id is not None and str(ann.task_id) in present:
             present[str(ann.task_id)].add(str(ann.annotation_id))
@@ -670,7 +694,9 @@ def _reconcile(s: Session, target: Target, result: PullResult, stamp: datetime, 
     report.tombstoned += len(gone)
 
 
-def _tomb(key: str, task: str, ann: str | None, rid: int | None, reason: str, stamp: datetime) -> dict[str, Any]:
+def _tomb(
+    key: str, task: str, ann: str | None, rid: int | None, reason: str, stamp: datetime
+) -> dict[str, Any]:
     return {
         "source_key": key,
         "task_id": task,

@@ -103,7 +103,9 @@ def attach_bytes(session: Session, blobs: BlobStore, placeholder: str, data: byt
 
 def placeholders(session: Session, limit: int | None = None) -> list[tuple[str, str | None]]:
     """(placeholder key, uri) of items still waiting for their bytes (for the sync to fetch)."""
-    q = select(ItemRow.sha256, ItemRow.uri).where(ItemRow.placeholder.is_(True), ItemRow.replaced_by.is_(None))
+    q = select(ItemRow.sha256, ItemRow.uri).where(
+        ItemRow.placeholder.is_(True), ItemRow.replaced_by.is_(None)
+    )
     if limit:
         q = q.limit(limit)
     return [(s, u) for s, u in session.execute(q)]
