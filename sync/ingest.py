@@ -40,13 +40,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from labelloop.connectors.formats.canonical_json import region_to_dict
 from labelloop.connectors.platform import Cursor, PulledAnnotation, PullResult, Target
 from labelloop.errors import DataError, ErrorKind, LabelloopError, StoreError
+from labelloop.sync.store.bulk import insert_rows, next_ids
 from labelloop.sync.store.engine import Store
 from labelloop.sync.store.keys import FILLABLE, item_key, uri_sha
 from labelloop.sync.store.models import (
@@ -58,6 +58,7 @@ from labelloop.sync.store.models import (
     SourceRow,
     TaskRow,
     TombstoneRow,
+    utcnow,
 )
 from labelloop.types import ImageItem, Region, Source
 
@@ -89,9 +90,7 @@ class IngestReport:
         return asdict(self)
 
 
-def now() -> datetime:
-    """UTC, naive (both databases store it the same way)."""
-    return datetime.now(UTC).replace(tzinfo=None)
+now = utcnow
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -392,14 +391,6 @@ def _plain_meta(meta: dict[str, Any]) -> dict[str, Any] | None:
         return {k: str(v) for k, v in meta.items()}
 
 
-def _insert_ignore(s: Session, table: Any, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    dialect = s.get_bind().dialect.name
-    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-    s.execute(ins.on_conflict_do_nothing(), rows)
-
-
 def _write_batch(
     s: Session, target: Target, batch: list[_Row], stamp: datetime, report: IngestReport
 ) -> None:
@@ -435,12 +426,10 @@ def _write_batch(
     _write_items(s, new, report)
     _write_tasks(s, key, new, report)
     # 3. revisions (append), then heads (insert new, move existing)
-    rev_ids = list(
-        s.execute(
-            insert(RevisionRow).returning(RevisionRow.id, sort_by_parameter_order=True),
-            [r.revision for r in new],
-        ).scalars()
-    )
+    rev_ids = next_ids(s, RevisionRow.__table__, len(new))
+    for rid, r in zip(rev_ids, new, strict=True):
+        r.revision["id"] = rid
+    insert_rows(s, RevisionRow.__table__, [r.revision for r in new])
     report.new_revisions += len(new)
     latest: dict[str, tuple[int, _Row]] = {}
     for rid, r in zip(rev_ids, new, strict=True):
@@ -459,8 +448,7 @@ def _write_batch(
     ]
     inserts = [h for h in head_rows if h["annotation_id"] in fresh_heads]
     updates = [h for h in head_rows if h["annotation_id"] not in fresh_heads]
-    if inserts:
-        s.execute(insert(HeadRow), inserts)
+    insert_rows(s, HeadRow.__table__, inserts)
     if updates:
         t = HeadRow.__table__
         s.execute(
@@ -498,9 +486,8 @@ def _write_items(s: Session, new: list[_Row], report: IngestReport) -> None:
         for row in s.execute(select(ItemRow.sha256, *cols).where(ItemRow.sha256.in_(list(items))))
     }
     fresh = [it for sha, it in items.items() if sha not in existing]
-    if fresh:
-        _insert_ignore(s, ItemRow.__table__, fresh)
-        report.new_items += len(fresh)
+    insert_rows(s, ItemRow.__table__, fresh)
+    report.new_items += len(fresh)
     fills = []
     for sha, old in existing.items():
         it = items[sha]
@@ -511,10 +498,23 @@ def _write_items(s: Session, new: list[_Row], report: IngestReport) -> None:
             fills.append((sha, changes))
     for sha, changes in fills:  # rare: metadata that was unknown arrives
         s.execute(update(ItemRow).where(ItemRow.sha256 == sha).values(**changes))
-    uris = {(r.item["sha256"], r.uri) for r in new if r.uri}
-    _insert_ignore(
-        s, ItemUriRow.__table__, [{"sha256": sha, "uri_sha": uri_sha(u), "uri": u} for sha, u in uris]
-    )
+    uris = {(r.item["sha256"], uri_sha(r.uri)): r.uri for r in new if r.uri}
+    if uris:
+        known = {
+            (sha, us)
+            for sha, us in s.execute(
+                select(ItemUriRow.sha256, ItemUriRow.uri_sha).where(ItemUriRow.sha256.in_(list(items)))
+            )
+        }
+        insert_rows(
+            s,
+            ItemUriRow.__table__,
+            [
+                {"sha256": sha, "uri_sha": us, "uri": u}
+                for (sha, us), u in uris.items()
+                if (sha, us) not in known
+            ],
+        )
 
 
 def _write_tasks(s: Session, key: str, new: list[_Row], report: IngestReport) -> None:
@@ -551,8 +551,7 @@ def _write_tasks(s: Session, key: str, new: list[_Row], report: IngestReport) ->
             moved.append({"b_task": t, "b_sha": sha, "b_ph": ph, "b_uri": r.uri, "b_old": old_sha})
             if old_ph and not ph:
                 report.rekeyed += 1
-    if fresh:
-        s.execute(insert(TaskRow), fresh)
+    insert_rows(s, TaskRow.__table__, fresh)
     if moved:
         t = TaskRow.__table__
         s.execute(
@@ -609,13 +608,14 @@ def _write_quarantine(s: Session, target: Target, rows: list[dict[str, Any]], re
     seen: set[tuple[str | None, str | None]] = set()
     for start in range(0, len(ids), BATCH):
         chunk = ids[start : start + BATCH]
-        seen |= set(
-            s.execute(
+        seen |= {
+            (a, u)
+            for a, u in s.execute(
                 select(QuarantineRow.annotation_id, QuarantineRow.updated_at).where(
                     QuarantineRow.source_key == target.key, QuarantineRow.annotation_id.in_(chunk)
                 )
-            ).tuples()
-        )
+            )
+        }
     fresh = []
     for r in rows:
         k = (r["annotation_id"], r["updated_at"])
@@ -683,7 +683,8 @@ def _reconcile(s: Session, target: Target, result: PullResult, stamp: datetime, 
         report.tasks_deleted += len(missing)
     if not tombs:
         return
-    s.execute(insert(TombstoneRow), tombs)
+    ids = next_ids(s, TombstoneRow.__table__, len(tombs))
+    insert_rows(s, TombstoneRow.__table__, [{"id": i, **t} for i, t in zip(ids, tombs, strict=True)])
     for chunk in _chunks(gone):
         s.execute(
             update(HeadRow)

@@ -61,7 +61,9 @@ def _empty_pg(url: str) -> None:
     engine = create_engine(url)
     try:
         with engine.begin() as c:
-            have = {r[0] for r in c.execute(text("SELECT tablename FROM pg_tables WHERE schemaname='public'"))}
+            have = {
+                r[0] for r in c.execute(text("SELECT tablename FROM pg_tables WHERE schemaname='public'"))
+            }
             names = [t.name for t in Base.metadata.sorted_tables if t.name in have]
             if names:
                 c.execute(text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE"))
@@ -86,7 +88,9 @@ def box(label: str, x1: float, y1: float, x2: float, y2: float, source: Source =
     return Region(label, Box(x1, y1, x2, y2), provenance=Provenance(source=source))
 
 
-def item(regions: list[Region], *, sha: str | None = None, uri: str = "", w: int = 100, h: int = 100, **kw) -> ImageItem:  # type: ignore[no-untyped-def]
+def item(
+    regions: list[Region], *, sha: str | None = None, uri: str = "", w: int = 100, h: int = 100, **kw
+) -> ImageItem:  # type: ignore[no-untyped-def]
     return ImageItem(uri=uri, width=w, height=h, regions=list(regions), sha256=sha, **kw)
 
 
@@ -110,7 +114,9 @@ def ann(
     task), so one task is one item unless told otherwise."""
     name = image if image is not None else f"img-{task}"
     sha = kw.pop("sha", sha_of(name))
-    it = kw.pop("item", None) or item(regions or [], sha=sha, uri=f"s3://bucket/{name}.jpg", **kw.pop("item_kw", {}))
+    it = kw.pop("item", None) or item(
+        regions or [], sha=sha, uri=f"s3://bucket/{name}.jpg", **kw.pop("item_kw", {})
+    )
     return PulledAnnotation(
         platform=target.platform,
         container=target.container,
@@ -135,5 +141,8 @@ def result(
         for a in anns:
             present.setdefault(a.task_id, []).append(a.annotation_id)
     return PullResult(
-        annotations=anns, present=present, cursor=Cursor("labelstudio", {"since": cursor}), all_tasks=all_tasks
+        annotations=anns,
+        present=present,
+        cursor=Cursor("labelstudio", {"since": cursor}),
+        all_tasks=all_tasks,
     )

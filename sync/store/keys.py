@@ -46,7 +46,7 @@ def uri_sha(uri: str) -> str:
 
 
 def is_sha256(value: object) -> bool:
-    return isinstance(value, str) and len(value) == 64 and all(c in _HEX for c in value)
+    return isinstance(value, str) and len(value) == 64 and _HEX.issuperset(value)
 
 
 def item_key(source_key: str, task_id: str, sha256: str | None) -> tuple[str, bool]:

@@ -21,7 +21,7 @@ What each table holds:
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -216,3 +216,8 @@ class VersionEntryRow(Base):
 
 
 TABLES = [t.name for t in Base.metadata.sorted_tables]
+
+
+def utcnow() -> datetime:
+    """Now in UTC, naive: both databases store it the same way."""
+    return datetime.now(UTC).replace(tzinfo=None)
