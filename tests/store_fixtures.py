@@ -114,9 +114,8 @@ def ann(
     task), so one task is one item unless told otherwise."""
     name = image if image is not None else f"img-{task}"
     sha = kw.pop("sha", sha_of(name))
-    it = kw.pop("item", None) or item(
-        regions or [], sha=sha, uri=f"s3://bucket/{name}.jpg", **kw.pop("item_kw", {})
-    )
+    item_kw = kw.pop("item_kw", {})
+    it = kw.pop("item", None) or item(regions or [], sha=sha, uri=f"s3://bucket/{name}.jpg", **item_kw)
     return PulledAnnotation(
         platform=target.platform,
         container=target.container,
