@@ -170,7 +170,7 @@ def test_export_coco_reads_back_and_yolo_needs_bytes(store: Store, tmp_path: Pat
     kp = Region(
         "person", Keypoints((Keypoint(5, 5, True, "nose"), Keypoint(9, 9, False, "eye")), Box(1, 1, 20, 20))
     )
-    anns = clean(store, 6) + [with_image(store, 50, [kp], group="g0")]
+    anns = [*clean(store, 6), with_image(store, 50, [kp], group="g0")]
     anns.append(ann(60, 60, [box("cat", 1, 1, 9, 9)], image="no-bytes"))
     ingest(store, LS, result(anns))
     v = snapshot(store, "mixed", val_fraction=0.5).version
