@@ -179,18 +179,10 @@ def _ingest(s: Session, target: Target, result: PullResult, commit_cursor: bool)
     report = IngestReport(target.key, pulled=len(result.annotations))
     _ensure_source(s, target)
     stamp = now()
-    rows: list[_Row] = []
     quarantined: list[dict[str, Any]] = []
-    for ann in result.annotations:
-        try:
-            rows.append(_convert(target, ann, stamp))
-        except LabelloopError as e:
-            quarantined.append(_quarantine_row(target, ann, e.kind, str(e), stamp))
-        except Exception as e:  # malformed beyond what the checks above name
-            reason = f"unusable annotation ({type(e).__name__}: {e})"
-            quarantined.append(_quarantine_row(target, ann, ErrorKind.DATA, reason, stamp))
-    for start in range(0, len(rows), BATCH):
-        _write_batch(s, target, rows[start : start + BATCH], stamp, report)
+    anns = result.annotations
+    for start in range(0, len(anns), BATCH):
+        _write_batch(s, target, anns[start : start + BATCH], stamp, report, quarantined)
     if quarantined:
         _write_quarantine(s, target, quarantined, report)
     _reconcile(s, target, result, stamp, report)
@@ -391,12 +383,31 @@ def _plain_meta(meta: dict[str, Any]) -> dict[str, Any] | None:
         return {k: str(v) for k, v in meta.items()}
 
 
+def _convert_or_quarantine(
+    target: Target, ann: PulledAnnotation, stamp: datetime, quarantined: list[dict[str, Any]]
+) -> _Row | None:
+    try:
+        return _convert(target, ann, stamp)
+    except LabelloopError as e:
+        quarantined.append(_quarantine_row(target, ann, e.kind, str(e), stamp))
+    except Exception as e:  # malformed beyond what the checks in _convert name
+        reason = f"unusable annotation ({type(e).__name__}: {e})"
+        quarantined.append(_quarantine_row(target, ann, ErrorKind.DATA, reason, stamp))
+    return None
+
+
 def _write_batch(
-    s: Session, target: Target, batch: list[_Row], stamp: datetime, report: IngestReport
+    s: Session,
+    target: Target,
+    batch: Sequence[PulledAnnotation],
+    stamp: datetime,
+    report: IngestReport,
+    quarantined: list[dict[str, Any]],
 ) -> None:
     key = target.key
-    # 1. which of these states are stored already (one query)
-    ids = list({r.annotation_id for r in batch})
+    # 1. which of these states are stored already (one query), before converting anything: an
+    # annotation pulled again with the same updated_at costs a dict lookup, not a conversion
+    ids = list({str(a.annotation_id) for a in batch if a.annotation_id is not None})
     heads = {
         a: (seq, state_key, deleted)
         for a, seq, state_key, deleted in s.execute(
@@ -408,7 +419,15 @@ def _write_batch(
     new: list[_Row] = []
     seqs: dict[str, int] = {}
     fresh_heads: set[str] = set()
-    for r in batch:
+    for ann in batch:
+        if ann.updated_at and ann.annotation_id is not None:
+            head = heads.get(str(ann.annotation_id))
+            if head is not None and head[1] == str(ann.updated_at)[:255] and not head[2]:
+                report.unchanged += 1
+                continue
+        r = _convert_or_quarantine(target, ann, stamp, quarantined)
+        if r is None:
+            continue
         head = heads.get(r.annotation_id)
         if head is not None and head[1] == r.state_key and not head[2]:
             report.unchanged += 1

@@ -14,7 +14,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import JSON, Table, func, insert, select, text
+from sqlalchemy import JSON, Table, func, select, text
 from sqlalchemy.orm import Session
 
 
@@ -41,7 +41,7 @@ def insert_rows(s: Session, table: Table, rows: Sequence[dict[str, Any]]) -> Non
     if not rows:
         return
     if not is_postgres(s):
-        s.execute(insert(table), list(rows))
+        _sqlite_executemany(s, table, rows)
         return
     cols = list(rows[0])
     json_cols = {c for c in cols if isinstance(table.c[c].type, JSON)}
@@ -50,3 +50,15 @@ def insert_rows(s: Session, table: Table, rows: Sequence[dict[str, Any]]) -> Non
     with raw.cursor() as cur, cur.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:  # type: ignore[union-attr]
         for r in rows:
             copy.write_row([json.dumps(r[c]) if c in json_cols and r[c] is not None else r[c] for c in cols])
+
+
+def _sqlite_executemany(s: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """The DBAPI's executemany with the columns' own bind processors (what SQLAlchemy applies), without
+    its per-row parameter bookkeeping (half the time of a 10,000-row insert)."""
+    conn = s.connection()
+    cols = list(rows[0])
+    procs = [table.c[c].type.bind_processor(conn.dialect) for c in cols]
+    names = ", ".join(f'"{c}"' for c in cols)
+    sql = f'INSERT INTO "{table.name}" ({names}) VALUES ({", ".join("?" * len(cols))})'
+    params = [tuple(p(r[c]) if p else r[c] for c, p in zip(cols, procs, strict=True)) for r in rows]
+    conn.exec_driver_sql(sql, params)
