@@ -39,14 +39,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from labelloop.connectors.formats.canonical_json import region_to_dict
 from labelloop.connectors.platform import Cursor, PulledAnnotation, PullResult, Target
 from labelloop.errors import DataError, ErrorKind, LabelloopError, StoreError
-from labelloop.sync.store.bulk import insert_rows, next_ids
+from labelloop.sync.store.bulk import insert_rows, is_postgres, next_ids
 from labelloop.sync.store.engine import Store
 from labelloop.sync.store.keys import FILLABLE, item_key, uri_sha
 from labelloop.sync.store.models import (
@@ -73,6 +73,7 @@ class IngestReport:
     pulled: int = 0  # annotations in the result
     new_revisions: int = 0
     unchanged: int = 0
+    stale: int = 0  # older than the stored state (an out-of-order pull): not kept as the head
     quarantined: int = 0
     tombstoned: int = 0  # annotations found deleted
     tasks_deleted: int = 0
@@ -177,6 +178,7 @@ class _Row:
 
 def _ingest(s: Session, target: Target, result: PullResult, commit_cursor: bool) -> IngestReport:
     report = IngestReport(target.key, pulled=len(result.annotations))
+    _lock_source(s, target)
     _ensure_source(s, target)
     stamp = now()
     quarantined: list[dict[str, Any]] = []
@@ -190,6 +192,14 @@ def _ingest(s: Session, target: Target, result: PullResult, commit_cursor: bool)
         save_cursor(s, target, result.cursor)
         report.cursor_saved = True
     return report
+
+
+def _lock_source(s: Session, target: Target) -> None:
+    """On PostgreSQL, one ingest per source at a time (held to the end of the transaction), so two
+    syncs of one source serialise instead of racing for the same heads. SQLite has one writer."""
+    if is_postgres(s):
+        key = int.from_bytes(hashlib.sha256(target.key.encode()).digest()[:8], "big", signed=True)
+        s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
 
 def _ensure_source(s: Session, target: Target) -> None:
@@ -383,6 +393,18 @@ def _plain_meta(meta: dict[str, Any]) -> dict[str, Any] | None:
         return {k: str(v) for k, v in meta.items()}
 
 
+def _older(r: _Row, head_state: str) -> bool:
+    """Whether ``r`` is dated before the stored head (both with an updated_at)."""
+    new_ts = r.revision["updated_ts"]
+    if new_ts is None or head_state.startswith("sha:"):
+        return False
+    try:
+        old_ts = parse_time(head_state)
+    except DataError:
+        return False
+    return old_ts is not None and new_ts < old_ts
+
+
 def _convert_or_quarantine(
     target: Target, ann: PulledAnnotation, stamp: datetime, quarantined: list[dict[str, Any]]
 ) -> _Row | None:
@@ -431,6 +453,9 @@ def _write_batch(
         head = heads.get(r.annotation_id)
         if head is not None and head[1] == r.state_key and not head[2]:
             report.unchanged += 1
+            continue
+        if head is not None and not head[2] and _older(r, head[1]):
+            report.stale += 1
             continue
         seq = (head[0] if head else 0) + 1
         if head is None:

@@ -323,3 +323,39 @@ def test_bulk_ingest_is_fast_enough(store: Store) -> None:
     assert first < 20 and nochange < 1.0, (first, nochange)
     with store.session() as s:
         assert s.execute(text("SELECT COUNT(*) FROM annotation_revisions")).scalar_one() == n
+
+
+def test_concurrent_ingests_of_one_source_serialise(store: Store) -> None:
+    """Two syncs of one source at once (two threads, two connections): both succeed, nothing is
+    stored twice."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def run(offset: int) -> None:
+        try:
+            for k in range(4):
+                anns = [ann(i, i, updated=f"2025-01-0{k + 1}T00:00:00Z") for i in range(offset, offset + 60)]
+                ingest(store, LS, result(anns))
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(o,)) for o in (0, 30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    with store.session() as s:
+        heads = s.execute(select(HeadRow)).scalars().all()
+        revs = s.execute(select(RevisionRow.annotation_id, RevisionRow.state_key)).all()
+    assert len(heads) == 90 and {h.state_key for h in heads} == {"2025-01-04T00:00:00Z"}
+    assert len(revs) == len(set(revs)) <= 90 * 4
+
+
+def test_an_older_state_never_replaces_a_newer_one(store: Store) -> None:
+    ingest(store, LS, result([ann(1, 10, [box("dog", 1, 1, 5, 5)], updated="2025-01-02T00:00:00Z")]))
+    r = ingest(store, LS, result([ann(1, 10, [box("cat", 1, 1, 5, 5)], updated="2025-01-01T00:00:00Z")]))
+    assert (r.new_revisions, r.stale) == (0, 1)
+    with store.session() as s:
+        assert s.get(HeadRow, (LS.key, "10")).state_key == "2025-01-02T00:00:00Z"  # type: ignore[union-attr]

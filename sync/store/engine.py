@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("labelloop.store")
 MIGRATIONS = Path(__file__).parent / "migrations"
 _PG_LOCK = 0x6C6C_5354  # advisory lock id for migrations ("llST")
+WRITE_OPTION = "labelloop_write"  # execution option: this transaction writes
 
 
 def default_url(settings: Settings) -> str:
@@ -62,13 +63,20 @@ def make_engine(url: str) -> Engine:
                 Path(u.database).parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(u, connect_args={"timeout": 30})
             event.listen(engine, "connect", _sqlite_pragmas)
-            # let SQLAlchemy, not pysqlite, decide when a transaction begins (BEGIN at first use)
-            event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+            # let SQLAlchemy, not pysqlite, decide when a transaction begins; a write transaction
+            # takes the write lock at once (BEGIN IMMEDIATE), so a second writer waits for it
+            # (busy_timeout) instead of failing when its read snapshot turns stale
+            event.listen(engine, "begin", _sqlite_begin)
             return engine
         # no server-side prepared statements: their generic plans made IN-list lookups ~50x slower
         return create_engine(u, pool_pre_ping=True, connect_args={"prepare_threshold": None})
     except NoSuchModuleError:
         raise ConfigError(f"store URL {safe_url(url)}: no driver for {u.drivername!r}") from None
+
+
+def _sqlite_begin(conn) -> None:  # type: ignore[no-untyped-def]
+    write = conn.get_execution_options().get(WRITE_OPTION)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -151,6 +159,7 @@ class Store:
         self.engine = engine
         self.blobs = blobs
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._writers = sessionmaker(engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False)
 
     @classmethod
     def open(
@@ -195,8 +204,9 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """One transaction: committed when the block ends, rolled back when it raises."""
-        with self._sessions() as s, s.begin():
+        """One write transaction: committed when the block ends, rolled back when it raises. On
+        SQLite it holds the write lock from its start (other writers wait, readers do not)."""
+        with self._writers() as s, s.begin():
             yield s
 
     def close(self) -> None:
