@@ -91,13 +91,21 @@ def bench_predict(settings: Settings, n_tasks: int, out: Path, repeats: int = 3)
                 model.predict(img, imgsz=onnx.imgsz, conf=settings.predict.conf, verbose=False, device="cpu")
             return time.perf_counter() - t
 
-        served = settings.with_(runtime="onnx", labelstudio={"url": ls.url, "token": ls.token})
+        env = {
+            "LABELLOOP_RUNTIME": "onnx",
+            "LABELLOOP_LABEL_STUDIO_URL": ls.url,
+            "LABELLOOP_LABEL_STUDIO_TOKEN": ls.token,
+        }
         # cold: every image is downloaded from Label Studio again; warm: re-predicting tasks whose
         # images sit in the backend's disk cache (e.g. after a model promotion)
-        redis_url = settings.queue.redis_url
-        cold = BackendProcess(work / "cold", weights, redis_url, settings=served.with_(image_cache_bytes=0))
+        cold = BackendProcess(
+            work / "cold", weights, settings.queue.redis_url, {**env, "LABELLOOP_IMAGE_CACHE_BYTES": "0"}
+        )
         warm = BackendProcess(
-            work / "warm", weights, redis_url, settings=served.with_(cache_dir=work / "warm-cache")
+            work / "warm",
+            weights,
+            settings.queue.redis_url,
+            {**env, "LABELLOOP_CACHE_DIR": str(work / "warm-cache")},
         )
         cfg = generate_label_config("detect", names)
 
