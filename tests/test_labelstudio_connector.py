@@ -429,7 +429,7 @@ def test_cloud_storage_import_and_prelabel(
     tasks = list(conn.tasks(project, include="id,data"))
     assert len(tasks) == 3 and all("/resolve/" in t["data"]["image"] for t in tasks)
 
-    s = settings_for(label_studio, cache_dir).model_copy(update={"allow_private_urls": True})
+    s = settings_for(label_studio, cache_dir).with_(allow_private_urls=True)
     done = prelabel_labelstudio(s, demo_weights, project=project, journal=tmp_path / "j.json")
     assert done.counts["written"] == 3 and done.counts["image_failures"] == 0
     assert sum(bool(p["result"]) for p in all_predictions(label_studio, project)) >= 2
