@@ -25,7 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench_common import environment, write_result  # noqa: E402
 
-from labelloop.connectors.cvat.connector import CvatConnector  # noqa: E402
+from labelloop.connectors.cvat import CvatClient  # noqa: E402
+from labelloop.connectors.cvat.push import push_prelabels  # noqa: E402
+from labelloop.connectors.cvat.tasks import create_task  # noqa: E402
 from labelloop.types import Box, ImageItem, Region  # noqa: E402
 from tests.cvat_peer import CvatPeer  # noqa: E402
 
@@ -58,21 +60,21 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp, CvatPeer() as peer:
         paths, items = make_data(Path(tmp), args.images, args.shapes)
-        conn = CvatConnector(peer.url, user="admin1", password="admin1-pw", poll_s=0.05)
+        conn = CvatClient(peer.url, user="admin1", password="admin1-pw", poll_s=0.05)
         runs = {}
         for mode, chunk in (("bulk", args.chunk), ("per_image", 1)):
-            task = conn.create_task(f"bench-{mode}", paths, LABELS)
+            task = create_task(conn, f"bench-{mode}", paths, LABELS)
             before = peer.count("PATCH", r"/annotations")
             t0 = time.perf_counter()
-            rep = conn.push_prelabels(task.task_id, items, chunk_frames=chunk)
+            rep = push_prelabels(conn, task.task_id, items, chunk_frames=chunk)
             dt = time.perf_counter() - t0
             stored = len(peer.shapes[task.task_id])
-            assert stored == rep.shapes == args.images * args.shapes, (stored, rep)
+            assert stored == rep.regions == args.images * args.shapes, (stored, rep)
             runs[mode] = {
                 "seconds": round(dt, 3),
                 "requests": peer.count("PATCH", r"/annotations") - before,
-                "shapes": rep.shapes,
-                "shapes_per_s": round(rep.shapes / dt, 1),
+                "shapes": rep.regions,
+                "shapes_per_s": round(rep.regions / dt, 1),
                 "frames_per_request": chunk,
             }
             print(

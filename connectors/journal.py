@@ -9,7 +9,6 @@ replaced atomically, so a kill at any moment leaves either the old or the new jo
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from labelloop.errors import ConfigError
+from labelloop.fsutil import atomic_write
 
 
 @dataclass
@@ -60,7 +60,4 @@ class PushJournal:
             "in_flight": self.in_flight,
             "log": self.log[-1000:],
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(d))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps(d))

@@ -68,7 +68,9 @@ def test_prelabel_then_pull_cvat(tmp_path: Path, peer: CvatPeer, demo_weights: P
     assert (s2["pushed_frames"], s2["skipped_frames"]) == (0, 6)
     assert len(peer.shapes[task]) == len(shapes)  # nothing written twice
 
-    # an annotator fixes one prelabel; the pull separates human from machine regions
+    # an annotator fixes one prelabel (in a job assigned to them); the pull separates human from
+    # machine regions
+    peer.set_job(min(j for j, v in peer.jobs.items() if v["task_id"] == task), assignee="annotator")
     with make_client(peer.url, credentials=("annotator", "ann-pw")) as human:
         job = sorted(j.id for j in human.tasks.retrieve(task).get_jobs())[0]
         ann, _ = human.api_client.jobs_api.retrieve_annotations(job)

@@ -759,6 +759,6 @@ def test_unknown_ids_on_read_are_config_errors() -> None:
 
 
 def test_one_rule_for_machine_made_cvat_sources() -> None:
-    from labelloop.connectors.cvat import connector
+    from labelloop.connectors import cvat as connector
 
     assert connector.MACHINE_SOURCES is cvat.MACHINE_SOURCES == frozenset({"auto"})

@@ -21,10 +21,14 @@ from labelloop.backend.inference.demo_model import CLASSES
 from labelloop.connectors.formats.canonical_json import item_from_dict
 from labelloop.connectors.formats.labelstudio import generate_label_config
 from labelloop.connectors.journal import PushJournal
-from labelloop.connectors.labelstudio.connector import LabelStudioConnector, PullCursor
+from labelloop.connectors.labelstudio import LabelStudioClient, LabelStudioPlatform, imports, projects
+from labelloop.connectors.labelstudio.push import write_predictions
+from labelloop.connectors.labelstudio.tasks import iter_tasks
+from labelloop.connectors.platform import Cursor
 from labelloop.errors import ConfigError, RemoteError
+from labelloop.fsutil import sha256_file
 from labelloop.settings import Settings
-from labelloop.sync.prelabel import prelabel_labelstudio
+from labelloop.sync.prelabel import prelabel
 from labelloop.types import Source
 from tests.faulty_proxy import FaultyProxy
 from tests.helpers import shape_images
@@ -54,13 +58,17 @@ def preds_for(task_ids: list[int], version: str = "v1") -> list[dict]:
 
 
 def all_predictions(ls, project: int) -> list[dict]:  # type: ignore[no-untyped-def]
-    conn = LabelStudioConnector(ls.url, ls.token)
-    return [p for t in conn.tasks(project) for p in t.get("predictions") or []]
+    conn = LabelStudioClient(ls.url, ls.token)
+    return [p for t in iter_tasks(conn, project) for p in t.get("predictions") or []]
+
+
+def prelabel_labelstudio(settings: Settings, weights: Path, project: int | None = None, **kw):  # type: ignore[no-untyped-def]
+    return prelabel(settings, weights, "labelstudio", container=project, **kw)
 
 
 @pytest.fixture
-def conn(label_studio) -> LabelStudioConnector:  # type: ignore[no-untyped-def]
-    return LabelStudioConnector(label_studio.url, label_studio.token, backoff_s=0.05)
+def conn(label_studio) -> LabelStudioClient:  # type: ignore[no-untyped-def]
+    return LabelStudioClient(label_studio.url, label_studio.token, backoff_s=0.05)
 
 
 @pytest.fixture
@@ -78,17 +86,17 @@ def settings_for(ls, cache_dir: Path) -> Settings:  # type: ignore[no-untyped-de
 
 
 def test_import_uploads_urls_cloud_uris_and_local_storage(tmp_path: Path, label_studio, conn) -> None:  # type: ignore[no-untyped-def]
-    project = conn.create_project("imports", CONFIG)
-    up = conn.upload_images(project, shape_images(tmp_path / "up", 3))
+    project = projects.create_project(conn, "imports", CONFIG)
+    up = imports.upload_images(conn, project, shape_images(tmp_path / "up", 3))
     uris = ["https://example.com/a.jpg", "s3://bucket/pool/b.jpg", "gs://bucket/c.png"]
-    by_uri = conn.import_tasks(project, [{"image": u} for u in uris])
+    by_uri = imports.import_tasks(conn, project, [{"image": u} for u in uris])
     local = label_studio.document_root / "pool"
     shape_images(local, 4, seed=9)
     (local / "notes.txt").write_text("not an image: the storage regex leaves it out")
-    conn.add_local_storage(project, local)
-    tasks = list(conn.tasks(project, include="id,data,storage_filename"))
+    imports.add_local_storage(conn, project, local)
+    tasks = list(iter_tasks(conn, project, include="id,data,storage_filename"))
     refs = [t["data"]["image"] for t in tasks]
-    assert len(up) == 3 and len(by_uri) == 3 and len(tasks) == 10
+    assert up.created == 3 and len(by_uri) == 3 and len(tasks) == 10
     assert sum(r.startswith("/data/upload/") for r in refs) == 3
     assert set(uris) <= set(refs)
     assert sum("local-files" in r for r in refs) == 4
@@ -97,12 +105,48 @@ def test_import_uploads_urls_cloud_uris_and_local_storage(tmp_path: Path, label_
     r = requests.get(label_studio.url + ref, headers=label_studio.headers(), timeout=30)
     assert r.status_code == 200 and r.content[:2] == b"\xff\xd8"
 
+    imports.add_local_storage(conn, project, local)  # connected already: synced, not added twice
+    assert len(list(iter_tasks(conn, project, include="id"))) == 10
+    assert len(conn.request("GET", "/api/storages/localfiles", params={"project": project})) == 1
+
     with pytest.raises(RemoteError, match="LOCAL_FILES_DOCUMENT_ROOT"):
-        conn.add_local_storage(project, tmp_path / "up")  # not under the document root
+        imports.add_local_storage(conn, project, tmp_path / "up")  # not under the document root
     with pytest.raises(ConfigError, match="s3://, gs:// or azure-blob://"):
-        conn.add_cloud_storage(project, "ftp://somewhere/x")
+        imports.add_cloud_storage(conn, project, "ftp://somewhere/x")
     with pytest.raises(ConfigError, match="cannot read image"):
-        conn.upload_images(project, [tmp_path / "missing.jpg"])
+        imports.upload_images(conn, project, [tmp_path / "missing.jpg"])
+
+
+def test_imports_are_idempotent_by_content(tmp_path: Path, conn) -> None:  # type: ignore[no-untyped-def]
+    """Each task records its image's sha256; the same bytes are never imported twice, under any
+    name, and a URI is imported once."""
+    project = projects.create_project(conn, "idempotent", CONFIG)
+    first = shape_images(tmp_path / "a", 3)
+    up = imports.upload_images(conn, project, first)
+    assert (up.created, up.skipped) == (3, 0)
+    copy = tmp_path / "b" / "renamed.jpg"
+    copy.parent.mkdir()
+    copy.write_bytes(first[0].read_bytes())
+    more = shape_images(tmp_path / "c", 4, seed=11)[3:]  # one new image
+    again = imports.upload_images(conn, project, [*first, copy, *more])
+    assert (again.created, again.skipped) == (1, 4)
+    assert again.task_ids[sha256_file(copy)] == up.task_ids[sha256_file(first[0])]
+    tasks = list(iter_tasks(conn, project, include="id,data"))
+    assert len(tasks) == 4
+    assert sorted(t["data"]["sha256"] for t in tasks) == sorted({sha256_file(p) for p in [*first, *more]})
+    assert all(t["data"]["image"].startswith("/data/upload/") for t in tasks)
+    uris = imports.import_uris(conn, project, ["https://example.com/x.jpg", "https://example.com/x.jpg"])
+    assert (uris.created, imports.import_uris(conn, project, ["https://example.com/x.jpg"]).created) == (1, 0)
+
+
+def test_import_whose_answer_was_lost_is_checked_not_resent(tmp_path: Path, label_studio, proxy) -> None:  # type: ignore[no-untyped-def]
+    direct = LabelStudioClient(label_studio.url, label_studio.token)
+    project = projects.create_project(direct, "lost import", CONFIG)
+    conn = LabelStudioClient(proxy.url, label_studio.token, backoff_s=0.01)
+    proxy.fail("POST", "/import?return_task_ids=true", times=1, status=502, after_forward=True)
+    report = imports.upload_images(conn, project, shape_images(tmp_path / "p", 3))
+    assert report.created == 3 and proxy.count("POST", "/import?return_task_ids=true") == 1  # not resent
+    assert len(list(iter_tasks(direct, project, include="id"))) == 3
 
 
 # ---------------------------------------------------------------------- push
@@ -122,8 +166,8 @@ def test_prelabel_pool_scores_field_view_and_rerun(
     assert first.counts["imported"] == len(files) == 9
     assert first.counts["written"] == 9 and first.counts["image_failures"] == 1
 
-    conn = LabelStudioConnector(label_studio.url, label_studio.token)
-    tasks = list(conn.tasks(project))
+    conn = LabelStudioClient(label_studio.url, label_studio.token)
+    tasks = list(iter_tasks(conn, project))
     assert all(len(t["predictions"]) == 1 for t in tasks)
     for t in tasks:
         p = t["predictions"][0]
@@ -134,7 +178,7 @@ def test_prelabel_pool_scores_field_view_and_rerun(
         else:
             assert 0.0 <= p["score"] <= 1.0
     assert sum(bool(t["predictions"][0]["result"]) for t in tasks) >= 6  # the demo model finds shapes
-    assert conn.project(project)["model_version"] == version
+    assert projects.get_project(conn, project)["model_version"] == version
     views = conn.request("GET", "/api/dm/views", params={"project": project})
     assert [v["data"]["ordering"] for v in views] == [["tasks:predictions_score"]]
     ordered = conn.request(
@@ -150,16 +194,23 @@ def test_prelabel_pool_scores_field_view_and_rerun(
     assert len(all_predictions(label_studio, project)) == 9
     assert len(conn.request("GET", "/api/dm/views", params={"project": project})) == 1
 
+    # the README's advice after a crash: the same command again. Nothing is imported twice
+    rerun = prelabel_labelstudio(s, demo_weights, project=project, images=[tmp_path / "pool"], journal=j)
+    assert rerun.counts["imported"] == 0 and rerun.counts["written"] == 0
+    assert len(list(iter_tasks(conn, project, include="id"))) == 9
+
 
 def test_lost_answer_and_500s_are_retried_without_duplicates(tmp_path: Path, label_studio, proxy) -> None:  # type: ignore[no-untyped-def]
-    direct = LabelStudioConnector(label_studio.url, label_studio.token)
-    project = direct.create_project("lost answers", CONFIG)
-    ids = direct.import_tasks(project, [{"image": f"https://example.com/{i}.jpg"} for i in range(12)])
-    conn = LabelStudioConnector(proxy.url, label_studio.token, backoff_s=0.05)
+    direct = LabelStudioClient(label_studio.url, label_studio.token)
+    project = projects.create_project(direct, "lost answers", CONFIG)
+    ids = imports.import_tasks(
+        direct, project, [{"image": f"https://example.com/{i}.jpg"} for i in range(12)]
+    )
+    conn = LabelStudioClient(proxy.url, label_studio.token, backoff_s=0.05)
     proxy.fail("POST", "/import/predictions", times=1, status=502, after_forward=True)  # applied, answer lost
     proxy.fail("POST", "/import/predictions", times=2, status=500)  # then refused twice
     journal = PushJournal.load(tmp_path / "j.json", {"project": project})
-    summary = conn.push_pool(project, preds_for(ids), journal=journal, chunk=5)
+    summary = write_predictions(conn, project, preds_for(ids), journal=journal, chunk=5)
     preds = all_predictions(label_studio, project)
     assert Counter(p["task"] for p in preds) == Counter(ids)  # each task once
     assert summary.written + summary.already_there == 12 and summary.chunks == 3
@@ -169,24 +220,28 @@ def test_lost_answer_and_500s_are_retried_without_duplicates(tmp_path: Path, lab
 
 
 def test_interrupted_push_resumes_from_journal(tmp_path: Path, label_studio, proxy) -> None:  # type: ignore[no-untyped-def]
-    direct = LabelStudioConnector(label_studio.url, label_studio.token)
-    project = direct.create_project("resume", CONFIG)
-    ids = direct.import_tasks(project, [{"image": f"https://example.com/{i}.jpg"} for i in range(10)])
-    conn = LabelStudioConnector(proxy.url, label_studio.token, retries=2, backoff_s=0.01)
+    direct = LabelStudioClient(label_studio.url, label_studio.token)
+    project = projects.create_project(direct, "resume", CONFIG)
+    ids = imports.import_tasks(
+        direct, project, [{"image": f"https://example.com/{i}.jpg"} for i in range(10)]
+    )
+    conn = LabelStudioClient(proxy.url, label_studio.token, retries=2, backoff_s=0.01)
     proxy.fail("POST", "/import/predictions", times=-1, status=500, after_forward=False)
     path = tmp_path / "journal.json"
     journal = PushJournal.load(path, {"project": project})
     journal.commit(ids[:4])  # a previous run wrote the first chunk...
-    direct.push_pool(project, preds_for(ids[:4]))
+    write_predictions(direct, project, preds_for(ids[:4]))
     journal.begin(ids[4:8])  # ...and was killed with the second in flight, after it landed
-    direct.push_pool(project, preds_for(ids[4:8]))
+    write_predictions(direct, project, preds_for(ids[4:8]))
     with pytest.raises(RemoteError, match=r"answered 500.*rerun to resume"):
-        conn.push_pool(project, preds_for(ids), journal=PushJournal.load(path, {"project": project}), chunk=4)
+        write_predictions(
+            conn, project, preds_for(ids), journal=PushJournal.load(path, {"project": project}), chunk=4
+        )
     state = json.loads(path.read_text())
     assert state["done"] == sorted(ids[:8]) and state["in_flight"]["ids"] == ids[8:]
     proxy.faults.clear()
-    summary = conn.push_pool(
-        project, preds_for(ids), journal=PushJournal.load(path, {"project": project}), chunk=4
+    summary = write_predictions(
+        conn, project, preds_for(ids), journal=PushJournal.load(path, {"project": project}), chunk=4
     )
     assert (summary.resumed, summary.written) == (8, 2)
     assert Counter(p["task"] for p in all_predictions(label_studio, project)) == Counter(ids)
@@ -197,19 +252,19 @@ def test_interrupted_push_resumes_from_journal(tmp_path: Path, label_studio, pro
 def test_server_down_or_bad_token_is_one_clear_error(label_studio) -> None:  # type: ignore[no-untyped-def]
     from labelloop.connectors.labelstudio.server import free_port
 
-    down = LabelStudioConnector(f"http://127.0.0.1:{free_port()}", "x", retries=1, backoff_s=0.01)
+    down = LabelStudioClient(f"http://127.0.0.1:{free_port()}", "x", retries=1, backoff_s=0.01)
     with pytest.raises(RemoteError, match=r"unreachable.*LABELLOOP_LABEL_STUDIO_URL"):
-        down.project(1)
+        projects.get_project(down, 1)
     with pytest.raises(RemoteError, match="LABELLOOP_LABEL_STUDIO_TOKEN"):
-        LabelStudioConnector(label_studio.url, "wrong-token").project(1)
+        projects.get_project(LabelStudioClient(label_studio.url, "wrong-token"), 1)
     with pytest.raises(RemoteError, match="answered 404"):
-        LabelStudioConnector(label_studio.url, label_studio.token).project(999999)
+        projects.get_project(LabelStudioClient(label_studio.url, label_studio.token), 999999)
     with pytest.raises(ConfigError, match="LABELLOOP_LABEL_STUDIO_URL"):
-        LabelStudioConnector("", None)
+        LabelStudioClient("", None)
 
 
 def test_personal_access_token_is_exchanged(label_studio) -> None:  # type: ignore[no-untyped-def]
-    legacy = LabelStudioConnector(label_studio.url, label_studio.token)
+    legacy = LabelStudioClient(label_studio.url, label_studio.token)
     legacy.request(
         "POST", "/api/jwt/settings", json={"api_tokens_enabled": True, "legacy_api_tokens_enabled": True}
     )
@@ -223,17 +278,19 @@ def test_personal_access_token_is_exchanged(label_studio) -> None:  # type: igno
         ).status_code
         == 401
     )
-    conn = LabelStudioConnector(label_studio.url, pat)
-    assert conn.users()  # works through the exchanged access token
+    conn = LabelStudioClient(label_studio.url, pat)
+    assert conn.request("GET", "/api/users")  # works through the exchanged access token
     forged = pat[: pat.rindex(".") + 1] + "AAAA"
     with pytest.raises(RemoteError, match="personal access token"):
-        LabelStudioConnector(label_studio.url, forged).users()
+        LabelStudioClient(label_studio.url, forged).request("GET", "/api/users")
 
 
 def test_missing_label_stops_before_writing(tmp_path: Path, label_studio, demo_weights, cache_dir) -> None:  # type: ignore[no-untyped-def]
-    conn = LabelStudioConnector(label_studio.url, label_studio.token)
-    project = conn.create_project("missing label", generate_label_config("detect", ["circle", "square"]))
-    conn.upload_images(project, shape_images(tmp_path / "p", 3))
+    conn = LabelStudioClient(label_studio.url, label_studio.token)
+    project = projects.create_project(
+        conn, "missing label", generate_label_config("detect", ["circle", "square"])
+    )
+    imports.upload_images(conn, project, shape_images(tmp_path / "p", 3))
     s = settings_for(label_studio, cache_dir)
     with pytest.raises(ConfigError, match=r"\['triangle'\].*--skip-unmapped.*Nothing was written"):
         prelabel_labelstudio(s, demo_weights, project=project, journal=tmp_path / "j.json")
@@ -252,10 +309,11 @@ def test_missing_label_stops_before_writing(tmp_path: Path, label_studio, demo_w
 
 
 def test_pull_reads_everything_label_studio_records_incrementally(label_studio, conn) -> None:  # type: ignore[no-untyped-def]
-    project = conn.create_project("pull", CONFIG)
-    ids = conn.import_tasks(project, [{"image": f"https://example.com/p{i}.jpg"} for i in range(5)])
-    conn.push_pool(project, preds_for(ids, "m1"))
-    preds = {t["id"]: t["predictions"][0] for t in conn.tasks(project)}
+    project = projects.create_project(conn, "pull", CONFIG)
+    ids = imports.import_tasks(conn, project, [{"image": f"https://example.com/p{i}.jpg"} for i in range(5)])
+    write_predictions(conn, project, preds_for(ids, "m1"))
+    preds = {t["id"]: t["predictions"][0] for t in iter_tasks(conn, project)}
+    platform = LabelStudioPlatform(conn)
     ann2 = conn.request(
         "POST", "/api/users/", json={"email": f"ann-{project}@example.com", "username": f"a{project}"}
     )
@@ -273,11 +331,17 @@ def test_pull_reads_everything_label_studio_records_incrementally(label_studio, 
     a4 = conn.request("POST", f"/api/tasks/{ids[3]}/annotations", json={"result": [rect("circle")]})
     time.sleep(2.1)  # the cursor is the server's whole-second clock minus one second
 
-    first = conn.pull(project)
-    assert first.edition == "Community" and first.reviews_available is False
-    assert set(first.tasks) == set(ids) and len(first.items) == 4
-    by_ann = {it.metadata["ls_annotation_id"]: it for it in first.items}
+    first = platform.pull_changes(project)
+    assert first.notes == ["reviews: not available on Label Studio Community (an Enterprise feature)"]
+    assert set(first.present) == {str(i) for i in ids} and len(first.annotations) == 4
+    assert sorted(first.all_tasks or []) == sorted(str(i) for i in ids)
+    by_ann = {a.item.metadata["ls_annotation_id"]: a.item for a in first.annotations}
     one = by_ann[a1["id"]]
+    pulled = next(a for a in first.annotations if a.annotation_id == str(a1["id"]))
+    assert (pulled.task_id, pulled.lead_time, pulled.cancelled) == (str(ids[0]), 12.5, False)
+    assert pulled.prelabel_id == str(preds[ids[0]]["id"]) and pulled.prelabel_model_version == "m1"
+    assert [r.label for r in pulled.prelabel or []] == ["circle"]
+    assert {r.provenance.source for r in pulled.prelabel or []} == {Source.PRELABEL}
     assert one.uri == "https://example.com/p0.jpg" and (one.width, one.height) == (320, 320)
     assert [r.label for r in one.regions] == ["square"]
     r0 = one.regions[0]
@@ -285,24 +349,25 @@ def test_pull_reads_everything_label_studio_records_incrementally(label_studio, 
     assert r0.provenance.annotator == "demo@labelloop.dev" and r0.provenance.created_at == a1["created_at"]
     assert one.metadata["lead_time"] == 12.5 and one.metadata["parent_prediction"] == preds[ids[0]]["id"]
     assert one.metadata["parent_model_version"] == "m1" and one.metadata["updated_by"] == "demo@labelloop.dev"
-    gt = next(it for it in first.items if it.metadata["ground_truth"])
+    gt = next(it for it in by_ann.values() if it.metadata["ground_truth"])
     assert gt.regions[0].provenance.annotator == f"ann-{project}@example.com"
-    cancelled = [it for it in first.items if it.metadata["was_cancelled"]]
+    cancelled = [it for it in by_ann.values() if it.metadata["was_cancelled"]]
+    assert [a.cancelled for a in first.annotations].count(True) == 1
     assert len(cancelled) == 1 and cancelled[0].regions == []
     assert "reviews" not in one.metadata
 
     # nothing changed: the next pull only re-reads what changed in the second before it started
-    assert first.cursor.since is not None
-    quiet = conn.pull(project, first.cursor)
-    assert quiet.items == [] and quiet.tasks == {}
+    assert first.cursor.state["since"] is not None
+    quiet = platform.pull_changes(project, first.cursor)
+    assert quiet.annotations == [] and quiet.present == {}
     conn.request(
         "PATCH", f"/api/annotations/{a1['id']}", json={"result": [rect("circle", 60)], "lead_time": 30}
     )
     conn.request("DELETE", f"/api/annotations/{a4['id']}")
-    second = conn.pull(project, PullCursor.from_json(quiet.cursor.to_json()))
-    assert set(second.tasks) == {ids[0], ids[3]}
-    assert second.tasks[ids[3]] == []  # the deleted annotation is visibly gone
-    (edited,) = second.items
+    second = platform.pull_changes(project, Cursor.from_json(quiet.cursor.to_json()))
+    assert set(second.present) == {str(ids[0]), str(ids[3])}
+    assert second.present[str(ids[3])] == []  # the deleted annotation is visibly gone
+    (edited,) = [a.item for a in second.annotations]
     assert [r.label for r in edited.regions] == ["circle"] and edited.metadata["lead_time"] == 30
     assert edited.regions[0].provenance.updated_at > a1["updated_at"]
 
@@ -326,8 +391,8 @@ def test_prelabel_and_pull_commands(tmp_path: Path, label_studio, demo_weights, 
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["written"] == 4 and "written" in r.stdout
     project = summary["project"]
-    conn = LabelStudioConnector(label_studio.url, label_studio.token)
-    task = next(conn.tasks(project))
+    conn = LabelStudioClient(label_studio.url, label_studio.token)
+    task = next(iter_tasks(conn, project))
     conn.request(
         "POST", f"/api/tasks/{task['id']}/annotations", json={"result": [rect("circle")], "lead_time": 4}
     )
@@ -369,14 +434,16 @@ def test_enterprise_reviews_are_read_when_the_server_has_them(label_studio, prox
     """Reviews exist only in Label Studio Enterprise, which cannot run here: the proxy answers
     ``/api/version`` with edition Enterprise and ``/api/annotation-reviews/`` with rows shaped as
     the published API reference's ``AnnotationReview``; everything else is the real server."""
-    direct = LabelStudioConnector(label_studio.url, label_studio.token)
-    project = direct.create_project("reviews", CONFIG)
-    ids = direct.import_tasks(project, [{"image": f"https://example.com/r{i}.jpg"} for i in range(3)])
+    direct = LabelStudioClient(label_studio.url, label_studio.token)
+    project = projects.create_project(direct, "reviews", CONFIG)
+    ids = imports.import_tasks(
+        direct, project, [{"image": f"https://example.com/r{i}.jpg"} for i in range(3)]
+    )
     anns = [
         direct.request("POST", f"/api/tasks/{t}/annotations", json={"result": [rect("circle")]}) for t in ids
     ]
     real_version = direct.request("GET", "/api/version")
-    me = next(iter(direct.users()))
+    me = int(direct.request("GET", "/api/users")[0]["id"])
 
     def review(i: int, annotation: int, accepted: bool, at: str) -> dict:
         return {
@@ -398,9 +465,15 @@ def test_enterprise_reviews_are_read_when_the_server_has_them(label_studio, prox
 
     proxy.override("GET", "/api/version", lambda _: (200, {**real_version, "edition": "Enterprise"}))
     proxy.override("GET", "/api/annotation-reviews/", reviews)
-    res = LabelStudioConnector(proxy.url, label_studio.token).pull(project)
-    assert res.edition == "Enterprise" and res.reviews_available and asked == ["reviews"]  # one call
-    by_ann = {it.metadata["ls_annotation_id"]: it for it in res.items}
+    res = LabelStudioPlatform(LabelStudioClient(proxy.url, label_studio.token)).pull_changes(project)
+    assert res.notes == [] and asked == ["reviews"]  # Enterprise: reviews read, in one call
+    by_ann = {a.item.metadata["ls_annotation_id"]: a.item for a in res.annotations}
+    states = {int(a.annotation_id): (a.review_state, a.reviewer) for a in res.annotations}
+    assert states == {
+        anns[0]["id"]: ("accepted", "demo@labelloop.dev"),
+        anns[1]["id"]: ("rejected", None),
+        anns[2]["id"]: (None, None),
+    }
     a0, a1, a2 = (by_ann[a["id"]] for a in anns)
     assert [r["accepted"] for r in a0.metadata["reviews"]] == [False, True]
     assert a0.metadata["review_state"] == "accepted"
@@ -423,19 +496,21 @@ def test_cloud_storage_import_and_prelabel(
         s3.upload_file(str(p), "pool", f"batch1/{p.name}")
     s3.put_object(Bucket="pool", Key="batch1/readme.txt", Body=b"left out by the regex")
 
-    conn = LabelStudioConnector(label_studio.url, label_studio.token)
-    project = conn.create_project("from s3", CONFIG)
-    conn.add_cloud_storage(project, "s3://pool/batch1/", s3_endpoint=s3_server, **creds)
-    tasks = list(conn.tasks(project, include="id,data"))
+    conn = LabelStudioClient(label_studio.url, label_studio.token)
+    project = projects.create_project(conn, "from s3", CONFIG)
+    imports.add_cloud_storage(conn, project, "s3://pool/batch1/", s3_endpoint=s3_server, **creds)
+    tasks = list(iter_tasks(conn, project, include="id,data"))
     assert len(tasks) == 3 and all("/resolve/" in t["data"]["image"] for t in tasks)
 
     s = settings_for(label_studio, cache_dir).with_(allow_private_urls=True)
     done = prelabel_labelstudio(s, demo_weights, project=project, journal=tmp_path / "j.json")
     assert done.counts["written"] == 3 and done.counts["image_failures"] == 0
     assert sum(bool(p["result"]) for p in all_predictions(label_studio, project)) >= 2
+    imports.add_cloud_storage(conn, project, "s3://pool/batch1/", s3_endpoint=s3_server, **creds)
+    assert len(list(iter_tasks(conn, project, include="id"))) == 3  # the same prefix, synced again
 
     with pytest.raises(
         RemoteError, match=r"could not connect s3://no-such-bucket/x/.*credentials and endpoint"
     ):
-        conn.add_cloud_storage(project, "s3://no-such-bucket/x/", s3_endpoint=s3_server, **creds)
+        imports.add_cloud_storage(conn, project, "s3://no-such-bucket/x/", s3_endpoint=s3_server, **creds)
     assert len(conn.request("GET", "/api/storages/s3", params={"project": project})) == 1

@@ -30,7 +30,9 @@ drawn by a person with an interactive tool, so a person decided them).
 as None (no confidence). Tags have no score in CVAT 2.73: a class region's score is not written.
 
 Attributes need a spec on the CVAT label: ``attribute_ids`` (label -> attribute name -> spec id)
-says which exist. The provenance's ``model_version`` is written to the label's
+says which exist. CVAT answers every attribute of a shape's label, those never set at their
+default (``""`` for a text attribute): an empty value is read as absent, so a person's shape does
+not come back with ``model_version ""``. The provenance's ``model_version`` is written to the label's
 ``model_version`` attribute when it has one; other region attributes with a spec are written as
 strings (CVAT's values are strings), the rest are not written. Reading, ``attribute_names``
 (spec id -> name) restores the names; unknown spec ids come back as ``cvat_attr_<id>``.
@@ -83,6 +85,11 @@ MACHINE_SOURCES = frozenset(k for k, v in SOURCE_TO_CANONICAL.items() if v is no
 """CVAT ``source`` values that mean "machine-made, no person has touched it"."""
 KINDS = ("box", "rotated_box", "polygon", "mask", "keypoints", "class")
 _ID = re.compile(r"^cvat:(shape|tag):(\d+)$")
+
+
+def source_of(obj: Mapping[str, Any]) -> Source:
+    """Who made a CVAT shape or tag, by its ``source``: the one rule (unknown sources are human)."""
+    return SOURCE_TO_CANONICAL.get(str(_value(obj.get("source")) or "manual"), Source.HUMAN)
 
 
 def cvat_source(region: Region) -> str:
@@ -242,6 +249,8 @@ def _read_attributes(
 ) -> tuple[dict[str, Any], str | None]:
     attrs: dict[str, Any] = {}
     for a in obj.get("attributes") or []:
+        if a.get("value") in (None, ""):
+            continue  # CVAT fills every attribute of the label, unset ones with "": absent, not a value
         spec = int(a["spec_id"])
         attrs[attribute_names.get(spec, f"cvat_attr_{spec}")] = a["value"]
     model_version = attrs.pop(MODEL_VERSION_ATTRIBUTE, None)
@@ -299,8 +308,8 @@ def cvat_to_region(
 ) -> Region:
     kind = "tag" if is_tag else "shape"
     label = label_name(int(obj["label_id"]), label_names, f"CVAT {kind} {obj.get('id')!r}")
-    source_name = str(obj.get("source") or "manual")
-    source = SOURCE_TO_CANONICAL.get(source_name, Source.HUMAN)
+    source_name = str(_value(obj.get("source")) or "manual")
+    source = source_of(obj)
     attrs, model_version = _read_attributes(obj, attribute_names or {})
     attrs[SOURCE_ATTRIBUTE] = source_name
     geometry = None if is_tag else _shape_geometry(obj, label_names, width, height)

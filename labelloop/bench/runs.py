@@ -35,7 +35,7 @@ def bench_predict(settings: Settings, n_tasks: int, out: Path, repeats: int = 3)
     from labelloop.backend.inference.weights import resolve_weights
     from labelloop.backend.serving.gunicorn import BackendProcess
     from labelloop.connectors.formats.labelstudio import generate_label_config
-    from labelloop.connectors.labelstudio.connector import LabelStudioConnector
+    from labelloop.connectors.labelstudio import LabelStudioClient, imports, projects
     from labelloop.connectors.labelstudio.server import LabelStudioServer
 
     weights = resolve_weights(settings)
@@ -49,13 +49,13 @@ def bench_predict(settings: Settings, n_tasks: int, out: Path, repeats: int = 3)
         paths.append(p)
 
     with LabelStudioServer(work / "ls") as ls:
-        client = LabelStudioConnector(ls.url, ls.token)
+        client = LabelStudioClient(ls.url, ls.token)
         from ultralytics import YOLO
 
         torch_model = YOLO(str(weights))
         names = list(torch_model.names.values())
-        project = client.create_project("bench", generate_label_config("detect", names))
-        client.upload_images(project, paths)
+        project = projects.create_project(client, "bench", generate_label_config("detect", names))
+        imports.upload_images(client, project, paths)
         tasks = client.request(
             "GET", "/api/tasks", params={"project": project, "page_size": n_tasks, "fields": "all"}
         )["tasks"]
@@ -91,21 +91,13 @@ def bench_predict(settings: Settings, n_tasks: int, out: Path, repeats: int = 3)
                 model.predict(img, imgsz=onnx.imgsz, conf=settings.predict.conf, verbose=False, device="cpu")
             return time.perf_counter() - t
 
-        env = {
-            "LABELLOOP_RUNTIME": "onnx",
-            "LABELLOOP_LABEL_STUDIO_URL": ls.url,
-            "LABELLOOP_LABEL_STUDIO_TOKEN": ls.token,
-        }
+        served = settings.with_(runtime="onnx", labelstudio={"url": ls.url, "token": ls.token})
         # cold: every image is downloaded from Label Studio again; warm: re-predicting tasks whose
         # images sit in the backend's disk cache (e.g. after a model promotion)
-        cold = BackendProcess(
-            work / "cold", weights, settings.queue.redis_url, {**env, "LABELLOOP_IMAGE_CACHE_BYTES": "0"}
-        )
+        redis_url = settings.queue.redis_url
+        cold = BackendProcess(work / "cold", weights, redis_url, settings=served.with_(image_cache_bytes=0))
         warm = BackendProcess(
-            work / "warm",
-            weights,
-            settings.queue.redis_url,
-            {**env, "LABELLOOP_CACHE_DIR": str(work / "warm-cache")},
+            work / "warm", weights, redis_url, settings=served.with_(cache_dir=work / "warm-cache")
         )
         cfg = generate_label_config("detect", names)
 
@@ -178,19 +170,21 @@ def bench_push(
 
     from labelloop.connectors.formats.labelstudio import generate_label_config
     from labelloop.connectors.journal import PushJournal
-    from labelloop.connectors.labelstudio.connector import LabelStudioConnector, auth_header
+    from labelloop.connectors.labelstudio import LabelStudioClient, auth_header, imports, projects
+    from labelloop.connectors.labelstudio.push import write_predictions
     from labelloop.connectors.labelstudio.server import LabelStudioServer
+    from labelloop.connectors.labelstudio.tasks import iter_tasks
 
     work = Path(tempfile.mkdtemp(prefix="labelloop-bench-push-"))
     server = nullcontext(None) if url else LabelStudioServer(work / "ls")
     with server as ls:
-        conn = LabelStudioConnector(url or ls.url, token if url else ls.token)
+        conn = LabelStudioClient(url or ls.url, token if url else ls.token)
         config = generate_label_config("detect", ["circle", "square", "triangle"])
 
         def project(title: str) -> tuple[int, list[int]]:
-            p = conn.create_project(title, config)
-            ids = conn.import_tasks(
-                p, [{"image": f"https://example.com/pool/{i:05d}.jpg"} for i in range(n_tasks)]
+            p = projects.create_project(conn, title, config)
+            ids = imports.import_tasks(
+                conn, p, [{"image": f"https://example.com/pool/{i:05d}.jpg"} for i in range(n_tasks)]
             )
             return p, ids
 
@@ -224,7 +218,7 @@ def bench_push(
 
         t = time.perf_counter()
         journal = PushJournal.load(work / "journal.json", {"project": p_bulk})
-        conn.push_pool(p_bulk, preds_bulk, journal=journal, chunk=chunk)
+        write_predictions(conn, p_bulk, preds_bulk, journal=journal, chunk=chunk)
         bulk_s = time.perf_counter() - t
 
         session = requests.Session()
@@ -237,9 +231,9 @@ def bench_push(
         for proj in (p_bulk, p_loop):  # both paths must have written exactly one prediction per task
             versions = [
                 t.get("predictions_model_versions")
-                for t in conn.tasks(proj, include="id,predictions_model_versions")
+                for t in iter_tasks(conn, proj, include="id,predictions_model_versions")
             ]
-            n_preds = conn.project(proj).get("total_predictions_number")
+            n_preds = projects.get_project(conn, proj).get("total_predictions_number")
             if versions.count("bench-v1") != n_tasks or n_preds != n_tasks:
                 raise RuntimeError(f"project {proj}: {n_preds} predictions for {n_tasks} tasks")
         version = conn.version().get("release")

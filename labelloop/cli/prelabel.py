@@ -22,7 +22,7 @@ from labelloop.cli.common import (
 )
 from labelloop.errors import LabelloopError
 from labelloop.settings import load_settings
-from labelloop.sync.prelabel import prelabel_cvat, prelabel_labelstudio
+from labelloop.sync.prelabel import prelabel as run_prelabel
 
 
 @app.command()
@@ -62,38 +62,26 @@ def prelabel(
     """Prelabel a pool of images in Label Studio or CVAT, with scores, in bulk and resumably."""
     setup_logging()
     settings = load_settings(model=model, **platform_overrides(target, url, token))
-    weights = resolve_weights(settings)
-    if target == "labelstudio":
-        url_list = [u.strip() for u in urls.read_text().splitlines() if u.strip()] if urls else []
-        summary = prelabel_labelstudio(
-            settings,
-            weights,
-            project=project,
-            title=title,
-            images=images or [],
-            urls=url_list,
-            local_dir=local_dir,
-            journal=journal,
-            chunk=chunk,
-            uncertainty_field=uncertainty_field or None,
-            skip_unmapped=skip_unmapped,
-            bar=progress_bar,
-        )
-    else:
-        if not images:
-            raise LabelloopError(
-                "--target cvat needs --images: the files to predict (and upload for a new task)"
-            )
-        summary = prelabel_cvat(
-            settings,
-            weights,
-            images,
-            task=task,
-            name=title,
-            project=project,
-            segment_size=segment_size,
-            journal=journal,
-            skip_unmapped=skip_unmapped,
-            bar=progress_bar,
-        )
+    if target == "cvat" and not images:
+        raise LabelloopError("--target cvat needs --images: the files to predict (and upload for a new task)")
+    url_list = [u.strip() for u in urls.read_text().splitlines() if u.strip()] if urls else []
+    # --project is the Label Studio project; for CVAT, --task is the container and --project the
+    # CVAT project a new task joins
+    summary = run_prelabel(
+        settings,
+        resolve_weights(settings),
+        target,
+        container=project if target == "labelstudio" else task,
+        title=title,
+        images=images or [],
+        urls=url_list,
+        local_dir=local_dir,
+        journal=journal,
+        chunk=chunk,
+        priority_field=uncertainty_field or None,
+        skip_unmapped=skip_unmapped,
+        segment_size=segment_size,
+        cvat_project=project if target == "cvat" else None,
+        bar=progress_bar,
+    )
     print_summary(summary, json_out)

@@ -20,7 +20,7 @@ from labelloop.cli.common import (
 )
 from labelloop.errors import LabelloopError
 from labelloop.settings import load_settings
-from labelloop.sync.prelabel import pull_cvat, pull_labelstudio
+from labelloop.sync.prelabel import pull as run_pull
 
 
 @app.command()
@@ -39,12 +39,7 @@ def pull(
     """Dump annotations changed since the cursor, with who, when and QA state, as JSON lines."""
     setup_logging()
     settings = load_settings(**platform_overrides(target, url, token))
-    if target == "labelstudio":
-        if project is None:
-            raise LabelloopError("--target labelstudio needs --project")
-        summary = pull_labelstudio(settings, project, out, cursor, bar=progress_bar)
-    else:
-        if task is None:
-            raise LabelloopError("--target cvat needs --task")
-        summary = pull_cvat(settings, task, out, cursor, bar=progress_bar)
-    print_summary(summary, json_out)
+    container = project if target == "labelstudio" else task
+    if container is None:
+        raise LabelloopError(f"--target {target} needs --{'project' if target == 'labelstudio' else 'task'}")
+    print_summary(run_pull(settings, target, container, out, cursor, bar=progress_bar), json_out)

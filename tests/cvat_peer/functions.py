@@ -174,7 +174,6 @@ class FunctionsMixin:
             if ar["cleanup"]:
                 self._drop(shapes, tags, lo, hi)  # type: ignore[attr-defined]
             written = self._write(tid, data, shapes, tags, lo, hi, "create")  # type: ignore[attr-defined]
-            self.versions[tid] += 1  # type: ignore[attr-defined]
             self._touch(tid, lo, hi, None, written)  # type: ignore[attr-defined]
             ar.update(status="finished", progress=1.0)
         return Response(status=200)

@@ -1,8 +1,7 @@
 """A CVAT test peer: the only fake in the CVAT tests, and a faithful one.
 
 A real CVAT cannot run on these machines (it needs Docker), so this small Flask app serves the
-subset of CVAT's REST API that ``labelloop.connectors.cvat.connector`` and ``cvat-cli task auto-annotate``
-use, following CVAT v2.73.0's own OpenAPI schema (``/work/shared/reference/cvat-2.73/schema.yml``)
+subset of CVAT's REST API that ``labelloop.connectors.cvat`` and ``cvat-cli task auto-annotate`` use, following CVAT v2.73.0's own OpenAPI schema (``/work/shared/reference/cvat-2.73/schema.yml``)
 and the responses recorded from a real CVAT in CVAT's REST test suite (the ``*.json`` files beside
 it). Every object it answers with is built from a recorded object of the same kind (same fields,
 same nesting), lists are paginated ``{count, next, previous, results}``, and every annotation or
@@ -24,14 +23,34 @@ Implemented (schema component in brackets):
   original images, as ``data_original_chunk_type="imageset"``); ``/data/meta`` [DataMetaRead];
   frame order follows ``sorting_method`` (``predefined`` keeps ``upload_file_order``).
 - ``/api/jobs`` list with the simple filters, the JSON-logic ``filter`` and ``sort`` [JobRead],
-  ``GET/PATCH /api/jobs/{id}`` [PatchedJobWriteRequest]; ``POST /api/jobs`` for ground-truth jobs.
+  ``GET/PATCH /api/jobs/{id}`` [PatchedJobWriteRequest]; ``POST /api/jobs`` for ground-truth jobs;
+  ``GET /api/jobs/{id}/data/meta`` [DataMetaRead].
 - annotations: ``GET/PUT/PATCH?action=create|update|delete/DELETE`` on
   ``/api/jobs/{id}/annotations/`` and ``/api/tasks/{id}/annotations/`` [LabeledData]; writes bump
   the ``updated_date`` of the task and of each job whose frames they touch; a PATCH answers with
   the written objects and their new ids, as CVAT does.
-- ``/api/issues``, ``/api/comments`` [IssueRead, CommentRead]; ``/api/quality/reports``
-  [QualityReport] (recorded 2.73 shape: note cvat-sdk 2.80's model wants ``summary.jobs.completed``,
-  which a 2.73 server does not send).
+- ``/api/issues`` list/create/PATCH, ``/api/comments`` list/create [IssueRead, CommentRead];
+  ``/api/quality/reports`` [QualityReport] (recorded 2.73 shape: note cvat-sdk 2.80's model wants
+  ``summary.jobs.completed``, which a 2.73 server does not send).
+
+What a real CVAT 2.73.0 did where the recordings say nothing, and the peer does the same:
+
+- a ground-truth job made of frames [0, 7, 12] of a 20-frame task answers ``frame_count 3,
+  start_frame 0, stop_frame 19``; its ``/data/meta`` lists ``included_frames [0, 7, 12]`` and names
+  the other frames ``placeholder.jpg``;
+- annotation writes leave a job's ``state`` alone ("new" stays "new"); ``PATCH /api/jobs/{id}``
+  with a ``stage`` and no ``state`` resets the state to "new";
+- a reply leaves its issue's ``updated_date`` alone (resolving or assigning changes it); issue
+  activity never changes the job's ``updated_date``;
+- a shape or tag is stored with every attribute of its label, those not given at their default
+  value (``""`` for a text attribute);
+- an ``id`` on create (PUT, or PATCH action=create) is refused with ``400 {"shapes": [{"id":
+  ["must be absent"]}]}``; the annotations' ``version`` stays 0;
+- permissions without an organization: only an admin, the task's owner or assignee, its project's
+  owner or assignee, or a job's assignee sees a task (lists leave the rest out, reads answer 403);
+  a job is seen by its assignee and the task's staff; a reply needs its author to be the issue's
+  owner or assignee or staff of its job or task, else ``403 {"detail": "You do not have permission
+  to perform this action."}``.
 
 Agent functions (`cvat-cli function create-native` / `run-agent`): see :mod:`tests.cvat_peer.functions`.
 
@@ -67,6 +86,7 @@ from tests.cvat_peer.functions import FunctionsMixin
 from tests.cvat_peer.http import HttpError, reply, validate
 
 REFERENCE = Path("/work/shared/reference/cvat-2.73")
+PERMISSION_DENIED = "You do not have permission to perform this action."
 
 # the fields a new task and a new job of uploaded images start with
 _NEW_IMAGESET: dict[str, Any] = {
@@ -167,6 +187,8 @@ class CvatPeer(FunctionsMixin):
         self.shapes: dict[int, dict[int, dict[str, Any]]] = {}  # task -> shape id -> shape
         self.tags: dict[int, dict[int, dict[str, Any]]] = {}
         self.gt_shapes: dict[int, dict[int, dict[str, Any]]] = {}  # gt job -> shapes
+        self.gt_frames: dict[int, list[int]] = {}  # gt job -> its included frames
+        self.admins = {"admin1"}
         self.versions: dict[int, int] = {}
         self.uploads: dict[int, Upload] = {}
         self.rq: dict[str, dict[str, Any]] = {}
@@ -240,9 +262,21 @@ class CvatPeer(FunctionsMixin):
             return job
 
     def add_gt_job(self, task_id: int, frames: list[int]) -> dict[str, Any]:
-        """A ground-truth job over the given frames (as POST /api/jobs type=ground_truth does)."""
+        """A ground-truth job of the given frames (as POST /api/jobs type=ground_truth does)."""
         with self._lock:
-            return self._create_job(task_id, min(frames), max(frames), "ground_truth")
+            return self._create_gt_job(task_id, frames)
+
+    def _create_gt_job(self, task_id: int, frames: list[int]) -> dict[str, Any]:
+        """CVAT 2.73: the job spans the task's whole range; the frames are its ``included_frames``."""
+        task = self._get(self.tasks, task_id, "task")
+        size = len(self.frames.get(task_id, []))
+        wanted = sorted(set(frames))
+        if not wanted or not all(0 <= f < size for f in wanted):
+            raise HttpError(400, {"frames": [f"frames must be within [0, {size - 1}]"]})
+        job = self._create_job(task["id"], 0, size - 1, "ground_truth")
+        job["frame_count"] = len(wanted)
+        self.gt_frames[job["id"]] = wanted
+        return job
 
     def add_issue(self, job_id: int, frame: int, message: str, owner: str, resolved: bool = False) -> int:
         with self._lock:
@@ -273,9 +307,7 @@ class CvatPeer(FunctionsMixin):
             )
             c.update(created_date=now, updated_date=now)
             self.comments[cid] = c
-            issue = self.issues[issue_id]
-            issue["comments"]["count"] += 1
-            issue["updated_date"] = max(issue["updated_date"], now)
+            self.issues[issue_id]["comments"]["count"] += 1  # a reply leaves the issue's date alone
             return cid
 
     def add_quality_report(
@@ -327,6 +359,7 @@ class CvatPeer(FunctionsMixin):
             if user is None:
                 return reply({"detail": "Authentication credentials were not provided."}, 401)
             request.environ["peer.user"] = user
+            peer._check_view(user, request.path)
             return None
 
         @app.after_request
@@ -361,8 +394,12 @@ class CvatPeer(FunctionsMixin):
             ("POST", "/api/jobs"): self.create_job,
             ("GET", "/api/jobs/<int:jid>"): self.get_job,
             ("PATCH", "/api/jobs/<int:jid>"): self.patch_job,
+            ("GET", "/api/jobs/<int:jid>/data/meta"): self.job_data_meta,
             ("GET", "/api/issues"): self.list_issues,
+            ("POST", "/api/issues"): self.create_issue,
+            ("PATCH", "/api/issues/<int:iid>"): self.patch_issue,
             ("GET", "/api/comments"): self.list_comments,
+            ("POST", "/api/comments"): self.create_comment,
             ("GET", "/api/quality/reports"): self.list_reports,
             **self.function_routes(),
         }
@@ -394,6 +431,76 @@ class CvatPeer(FunctionsMixin):
                 raise HttpError(403, {"detail": "CSRF Failed: CSRF token missing."})
             return self.sessions[sid]
         return None
+
+    # ------------------------------------------------------------------ permissions (no organization)
+
+    def _is(self, user: str, ref: dict[str, Any] | None) -> bool:
+        return bool(ref) and ref.get("username") == user  # type: ignore[union-attr]
+
+    def _task_staff(self, user: str, task: dict[str, Any]) -> bool:
+        project = self.projects.get(task.get("project_id") or -1) or {}
+        return user in self.admins or any(
+            self._is(user, ref)
+            for ref in (
+                task.get("owner"),
+                task.get("assignee"),
+                project.get("owner"),
+                project.get("assignee"),
+            )
+        )
+
+    def can_view_task(self, user: str, task: dict[str, Any]) -> bool:
+        """Task staff, and the assignee of any of its jobs (CVAT lists that task for them)."""
+        return self._task_staff(user, task) or any(
+            j["task_id"] == task["id"] and self._is(user, j.get("assignee")) for j in self.jobs.values()
+        )
+
+    def can_view_job(self, user: str, job: dict[str, Any]) -> bool:
+        task = self.tasks.get(job["task_id"])
+        return self._is(user, job.get("assignee")) or (task is not None and self._task_staff(user, task))
+
+    def can_reply(self, user: str, issue: dict[str, Any]) -> bool:
+        job = self.jobs.get(issue["job"])
+        return (
+            self._is(user, issue.get("owner"))
+            or self._is(user, issue.get("assignee"))
+            or (job is not None and self.can_view_job(user, job))
+        )
+
+    def _check_view(self, user: str, path: str) -> None:
+        """Reads and writes of one task or job need permission to view it, as in CVAT."""
+        m = re.match(r"^/api/(tasks|jobs)/(\d+)(/|$)", path)
+        if not m:
+            return
+        oid = int(m[2])
+        store = self.tasks if m[1] == "tasks" else self.jobs
+        if oid not in store:
+            return  # the handler answers 404
+        ok = self.can_view_task(user, store[oid]) if m[1] == "tasks" else self.can_view_job(user, store[oid])
+        if not ok:
+            raise HttpError(403, {"detail": PERMISSION_DENIED})
+
+    def _visible(self, items: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+        """What a list shows the requesting user."""
+        user = request.environ["peer.user"]
+        if user in self.admins:
+            return items
+        if kind == "task":
+            return [t for t in items if self.can_view_task(user, t)]
+        if kind == "job":
+            return [j for j in items if self.can_view_job(user, j)]
+        job_of = {"issue": lambda o: o["job"], "comment": lambda o: self.issues[o["issue"]]["job"]}
+        if kind in job_of:
+            return [
+                o
+                for o in items
+                if job_of[kind](o) in self.jobs and self.can_view_job(user, self.jobs[job_of[kind](o)])
+            ]
+        return [
+            o
+            for o in items
+            if o.get("task_id") in self.tasks and self.can_view_task(user, self.tasks[o["task_id"]])
+        ]
 
     def _take_failure(self) -> Failure | None:
         with self._lock:
@@ -566,7 +673,8 @@ class CvatPeer(FunctionsMixin):
         return reply(self._get(self.projects, pid, "project"))
 
     def list_tasks(self) -> Response:
-        return self._page(self._filtered(list(self.tasks.values()), ("name", "project_id", "subset", "id")))
+        tasks = self._visible(list(self.tasks.values()), "task")
+        return self._page(self._filtered(tasks, ("name", "project_id", "subset", "id")))
 
     def create_task(self) -> Response:
         spec = validate(request.get_json(silent=True), models.TaskWriteRequest)
@@ -791,15 +899,18 @@ class CvatPeer(FunctionsMixin):
 
     def list_jobs(self) -> Response:
         simple = ("task_id", "project_id", "stage", "state", "type", "assignee", "parent_job_id", "id")
-        return self._page(self._filtered(list(self.jobs.values()), simple))
+        return self._page(self._filtered(self._visible(list(self.jobs.values()), "job"), simple))
 
     def create_job(self) -> Response:
         spec = validate(request.get_json(silent=True), models.JobWriteRequest)
         if spec.type.value != "ground_truth":
             raise HttpError(400, {"type": ["only ground_truth jobs can be created"]})
-        frames = list(getattr(spec, "frames", []) or [0])
+        user = request.environ["peer.user"]
+        task = self._get(self.tasks, spec.task_id, "task")
+        if not self._task_staff(user, task):
+            raise HttpError(403, {"detail": PERMISSION_DENIED})
         with self._lock:
-            return reply(self._create_job(spec.task_id, min(frames), max(frames), "ground_truth"), 201)
+            return reply(self._create_gt_job(spec.task_id, list(getattr(spec, "frames", []) or [0])), 201)
 
     def get_job(self, jid: int) -> Response:
         return reply(self._get(self.jobs, jid, "job"))
@@ -811,10 +922,46 @@ class CvatPeer(FunctionsMixin):
         for k in ("stage", "state"):
             if hasattr(spec, k):
                 changes[k] = getattr(spec, k).value
+        if "stage" in changes and "state" not in changes:
+            changes["state"] = "new"  # CVAT 2.73: a stage alone resets the state
         if hasattr(spec, "assignee"):
             user = next((n for n, u in self.users.items() if u["id"] == spec.assignee), None)
             changes["assignee"] = user
         return reply(self.set_job(job["id"], **changes))
+
+    def job_data_meta(self, jid: int) -> Response:
+        job = self._get(self.jobs, jid, "job")
+        task = self.tasks[job["task_id"]]
+        frames = self.frames.get(job["task_id"], [])
+        included = self.gt_frames.get(jid)
+        listed = []
+        for n in range(job["start_frame"], job["stop_frame"] + 1):
+            f = frames[n]
+            real = included is None or n in included
+            listed.append(
+                {
+                    "width": f.width,
+                    "height": f.height,
+                    "name": f.name if real else "placeholder.jpg",
+                    "related_files": 0,
+                }
+            )
+        return reply(
+            {
+                "chunks_updated_date": task["updated_date"],
+                "chunk_size": task["data_chunk_size"],
+                "size": len(listed),
+                "image_quality": task.get("image_quality", 70),
+                "start_frame": job["start_frame"],
+                "stop_frame": job["stop_frame"],
+                "frame_filter": "",
+                "frames": listed,
+                "deleted_frames": [],
+                "included_frames": included,
+                "storage": "local",
+                "cloud_storage_id": None,
+            }
+        )
 
     # ------------------------------------------------------------------ annotations
 
@@ -842,6 +989,7 @@ class CvatPeer(FunctionsMixin):
                 return Response(status=204)
             if request.method == "PUT":
                 body = validate(request.get_json(silent=True), models.LabeledDataRequest)
+                _refuse_ids(body)
                 self._drop(shapes, tags, lo, hi)
                 written = self._write(tid, body, shapes, tags, lo, hi, "create")
             else:
@@ -851,9 +999,10 @@ class CvatPeer(FunctionsMixin):
                         400, {"action": ["This query parameter is required: create|update|delete"]}
                     )
                 body = validate(request.get_json(silent=True), models.PatchedLabeledDataRequest)
+                if action == "create":
+                    _refuse_ids(body)
                 written = self._write(tid, body, shapes, tags, lo, hi, action)
-            self.versions[tid] += 1
-            self._touch(tid, lo, hi, gt, written)
+            self._touch(tid, lo, hi, gt, written)  # CVAT 2.73: the version stays 0
             return reply({"version": self.versions[tid], **written, "tracks": [], "intervals": []})
 
     def _labeled_data(
@@ -932,7 +1081,11 @@ class CvatPeer(FunctionsMixin):
             )
         o = {k: v for k, v in o.items() if k != "id"}
         base.update(o)
-        base["attributes"] = [{"spec_id": a["spec_id"], "value": a["value"]} for a in base["attributes"]]
+        given = {int(a["spec_id"]): a["value"] for a in base["attributes"]}
+        specs = (self.labels.get(base["label_id"]) or {}).get("attributes") or []
+        for a in specs:  # every attribute of the label, those not given at their default
+            given.setdefault(int(a["id"]), a.get("default_value", ""))
+        base["attributes"] = [{"spec_id": k, "value": v} for k, v in given.items()]
         if kind == "shapes":
             base["points"] = [float(p) for p in base["points"]]
         return base
@@ -951,14 +1104,12 @@ class CvatPeer(FunctionsMixin):
             if gt is None and job["type"] == "ground_truth":
                 continue
             if any(job["start_frame"] <= f <= job["stop_frame"] for f in frames):
-                job["updated_date"] = now
-                if job["state"] == "new":
-                    job["state"] = "in progress"
+                job["updated_date"] = now  # the state stays as it was: "new" after writes too
 
     # ------------------------------------------------------------------ QA
 
     def list_issues(self) -> Response:
-        issues = list(self.issues.values())
+        issues = self._visible(list(self.issues.values()), "issue")
         if "task_id" in request.args:
             jobs = {j for j, job in self.jobs.items() if str(job["task_id"]) == request.args["task_id"]}
             issues = [i for i in issues if i["job"] in jobs]
@@ -966,20 +1117,71 @@ class CvatPeer(FunctionsMixin):
         page = self._filtered(issues, ("job_id", "frame_id", "resolved", "id"))
         return self._page([{k: v for k, v in i.items() if k not in ("frame_id", "job_id")} for i in page])
 
+    def create_issue(self) -> Response:
+        spec = validate(request.get_json(silent=True), models.IssueWriteRequest)
+        user = request.environ["peer.user"]
+        job = self._get(self.jobs, spec.job, "job")
+        if not self.can_view_job(user, job):
+            raise HttpError(403, {"detail": PERMISSION_DENIED})
+        with self._lock:
+            iid = self.add_issue(
+                job["id"], spec.frame, spec.message, user, bool(getattr(spec, "resolved", False))
+            )
+            return reply(self.issues[iid], 201)
+
+    def patch_issue(self, iid: int) -> Response:
+        """Resolving or assigning dates the issue; the job's date stays."""
+        spec = validate(request.get_json(silent=True), models.PatchedIssueWriteRequest)
+        user = request.environ["peer.user"]
+        with self._lock:
+            issue = self._get(self.issues, iid, "issue")
+            if not self.can_reply(user, issue):
+                raise HttpError(403, {"detail": PERMISSION_DENIED})
+            if hasattr(spec, "resolved"):
+                issue["resolved"] = bool(spec.resolved)
+            if hasattr(spec, "assignee"):
+                name = next((n for n, u in self.users.items() if u["id"] == spec.assignee), None)
+                issue["assignee"] = self._user_ref(name)
+            if hasattr(spec, "position"):
+                issue["position"] = list(spec.position)
+            issue["updated_date"] = self.now()
+            return reply(issue)
+
+    def create_comment(self) -> Response:
+        spec = validate(request.get_json(silent=True), models.CommentWriteRequest)
+        user = request.environ["peer.user"]
+        with self._lock:
+            issue = self._get(self.issues, spec.issue, "issue")
+            if not self.can_reply(user, issue):
+                raise HttpError(403, {"detail": PERMISSION_DENIED})
+            cid = self.add_comment(issue["id"], spec.message, user)
+            return reply(self.comments[cid], 201)
+
     def list_comments(self) -> Response:
         comments = [
             dict(c, issue_id=c["issue"], job_id=self.issues[c["issue"]]["job"])
-            for c in self.comments.values()
+            for c in self._visible(list(self.comments.values()), "comment")
         ]
         page = self._filtered(comments, ("issue_id", "job_id", "id"))
         return self._page([{k: v for k, v in c.items() if k not in ("issue_id", "job_id")} for c in page])
 
     def list_reports(self) -> Response:
-        reports = list(self.reports.values())
+        reports = self._visible(list(self.reports.values()), "report")
         return self._page(self._filtered(reports, ("task_id", "job_id", "project_id", "target", "parent_id")))
 
 
 # ---------------------------------------------------------------------- small functions
+
+
+def _refuse_ids(body: Any) -> None:
+    """CVAT 2.73 refuses an ``id`` on objects it is asked to create, naming each one."""
+    errors = {}
+    for kind in ("shapes", "tags", "tracks"):
+        objs = [o.to_dict() for o in getattr(body, kind, [])]
+        if any("id" in o for o in objs):
+            errors[kind] = [{"id": ["must be absent"]} if "id" in o else {} for o in objs]
+    if errors:
+        raise HttpError(400, errors)
 
 
 class _BigFormRequest(Request):
