@@ -176,6 +176,9 @@ class LabelingPlatform(Protocol):
     name: PlatformName
     url: str
     container_kind: str  # what a container is called there: "project" (LS), "task" (CVAT)
+    # a new container takes its items' order at creation (CVAT: least confident frames first), so
+    # images are predicted before :meth:`import_images` makes it, and ``order`` is given
+    orders_new_containers: bool
 
     def import_images(
         self,

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 Bar = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
 UNCERTAINTY_VIEW = "Most uncertain first"
+_NONE = ImageItem("", 0, 0)  # an item the platform does not list
 
 
 @contextlib.contextmanager
@@ -169,13 +170,15 @@ def prelabel(
             where = f"{platform.name} {platform.container_kind} {container}"
             _check_labels(resolved, where, skip_unmapped)
 
-        local: dict[str, ImageItem] = {}
-        failures: list[str] = []
-        with bar("predict", len(files)) as advance:
-            outcomes = predictor.predict_fetched(fetcher.load_many(str(f.resolve()) for f in files))
-            for f, outcome in zip(files, outcomes, strict=True):
-                local[shas[f]] = _predicted(outcome, str(f), failures)
-                advance(1)
+        run = _Run(PushReport(0, 0, 0, 0, 0, 0))
+        local: dict[str, ImageItem] = {}  # sha256 -> prelabel (or failure) of a local image
+        if container is None and platform.orders_new_containers:  # its order needs the scores first
+            with bar("predict", len(files)) as advance:
+                for f, it in zip(
+                    files, _predict(predictor, fetcher, [str(f) for f in files], None, run), strict=True
+                ):
+                    local[shas[f]] = it
+                    advance(1)
         order = {sha: it.score for sha, it in local.items() if not it.metadata.get("failed")}
         with bar("upload", len(files)) as advance:
             imp = platform.import_images(
@@ -185,13 +188,14 @@ def prelabel(
                 labels=[settings.predict.label_map.get(n, n) for n in names],
                 task_kind=predictor.task,
                 keypoints=predictor.kpt_names or (),
-                order=order,
+                order=order or None,
                 progress=advance,
             )
         container = imp.container
+        run.push = PushReport(container, 0, 0, 0, 0, 0)
         summary.where.update({platform.container_kind: container, "model_version": version})
         summary.notes += imp.notes
-        unpredicted = {str(f) for f in files if local[shas[f]].metadata.get("failed")}
+        unpredicted = {str(f) for f in files if local.get(shas[f], _NONE).metadata.get("failed")}
         summary.notes += [
             f"not imported: {p}: {why}" for p, why in imp.failed.items() if p not in unpredicted
         ]
@@ -204,9 +208,8 @@ def prelabel(
             summary.notes += stored.notes
         if resolved is None:
             resolved = platform.resolve_labels(container, names, predictor.task)
-        missing = _check_labels(
-            resolved, f"{platform.name} {platform.container_kind} {container}", skip_unmapped
-        )
+        where = f"{platform.name} {platform.container_kind} {container}"
+        missing = _check_labels(resolved, where, skip_unmapped)
         if missing:
             summary.notes.append(f"classes left out (no label): {missing}")
 
@@ -217,11 +220,10 @@ def prelabel(
         listing = platform.images(container, version)
         held = {int(it.metadata["task_id"]): it for it in listing}
         already = sum(1 for it in listing if it.metadata.get("has_prelabel"))
-        ours = {tid: local[sha] for sha, tid in imp.task_ids.items() if sha in local}
+        path_of = {sha: f for f, sha in reversed(list(shas.items()))}  # the first file of each content
+        ours = {tid: sha for sha, tid in imp.task_ids.items() if sha in path_of}
         todo = [
-            (tid, it)
-            for tid, it in ours.items()
-            if not (held.get(tid) and held[tid].metadata.get("has_prelabel"))
+            (tid, sha) for tid, sha in ours.items() if not held.get(tid, _NONE).metadata.get("has_prelabel")
         ]
         remote = [
             it for tid, it in held.items() if it.metadata.get("has_prelabel") is False and tid not in ours
@@ -232,23 +234,35 @@ def prelabel(
             summary.notes.append(f"{len(remote)} item(s) without a local image were left alone")
             remote = []
 
-        run = _Run(PushReport(container, 0, 0, 0, 0, 0))
-        run.predicted = sum(1 for it in local.values() if not it.metadata.get("failed"))
-        run.failures = failures
-        with bar("push", len(todo) + len(remote)) as advance:
+        with bar("prelabel", len(todo) + len(remote)) as advance:
             for lo in range(0, len(todo), max(1, chunk)):
                 part = todo[lo : lo + chunk]
-                _push(platform, container, version, journal, [(tid, it) for tid, it in part], resolved, run)
+                fresh = [sha for _, sha in part if sha not in local]
+                predicted = _predict(predictor, fetcher, [str(path_of[sha]) for sha in fresh], None, run)
+                local.update(zip(fresh, predicted, strict=True))
+                _push(
+                    platform,
+                    container,
+                    version,
+                    journal,
+                    [(tid, local[sha]) for tid, sha in part],
+                    resolved,
+                    run,
+                )
                 advance(len(part))
             for lo in range(0, len(remote), max(1, chunk)):
                 part = remote[lo : lo + chunk]
-                fetched = fetcher.load_many((it.uri for it in part), files_access)
-                predicted = [
-                    (int(it.metadata["task_id"]), _predicted(o, it.uri, run.failures))
-                    for it, o in zip(part, predictor.predict_fetched(fetched), strict=True)
-                ]
-                run.predicted += sum(1 for _, it in predicted if not it.metadata.get("failed"))
-                _push(platform, container, version, journal, predicted, resolved, run)
+                predicted = _predict(predictor, fetcher, [it.uri for it in part], files_access, run)
+                ids = [int(it.metadata["task_id"]) for it in part]
+                _push(
+                    platform,
+                    container,
+                    version,
+                    journal,
+                    list(zip(ids, predicted, strict=True)),
+                    resolved,
+                    run,
+                )
                 advance(len(part))
         report = run.push
         with bar("priority", len(run.scores)) as advance:
@@ -302,11 +316,28 @@ def _sha(path: Path) -> str:
         raise ConfigError(f"cannot read image {path} ({e}); fix or drop it") from e
 
 
-def _predicted(outcome: Outcome, uri: str, failures: list[str]) -> ImageItem:
-    """The prelabel of one image, or (it could not be predicted) an empty one with score 0."""
+def _predict(
+    predictor: Predictor,
+    fetcher: ImageFetcher,
+    uris: Sequence[str],
+    access: LabelStudioFiles | None,
+    run: _Run,
+) -> list[ImageItem]:
+    """The prelabel of each image, in order; one that cannot be predicted gets an empty one with
+    score 0 (it then sorts first for a person to look at)."""
+    local = access is None
+    wanted = [str(Path(u).resolve()) if local else u for u in uris]
+    out = []
+    for uri, outcome in zip(uris, predictor.predict_fetched(fetcher.load_many(wanted, access)), strict=True):
+        out.append(_item(outcome, uri, run))
+    return out
+
+
+def _item(outcome: Outcome, uri: str, run: _Run) -> ImageItem:
     if outcome.item is not None:
+        run.predicted += 1
         return replace(outcome.item, uri=uri)
-    failures.append(f"{uri}: {outcome.error}")
+    run.failures.append(f"{uri}: {outcome.error}")
     return ImageItem(uri, 0, 0, [], score=0.0, metadata={"failed": True})
 
 

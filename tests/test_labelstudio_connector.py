@@ -200,6 +200,22 @@ def test_prelabel_pool_scores_field_view_and_rerun(
     assert len(list(iter_tasks(conn, project, include="id"))) == 9
 
 
+def test_priority_field_and_the_view_sorted_by_it(conn) -> None:  # type: ignore[no-untyped-def]
+    project = projects.create_project(conn, "priority", CONFIG)
+    ids = imports.import_tasks(conn, project, [{"image": f"https://example.com/q{i}.jpg"} for i in range(4)])
+    platform = LabelStudioPlatform(conn)
+    scores = {str(t): s for t, s in zip(ids, [0.9, 0.1, 0.5, None], strict=True)}
+    first = platform.write_priority(project, scores, field_name="disagreement", view="Annotators disagree")
+    again = platform.write_priority(project, scores, field_name="disagreement", view="Annotators disagree")
+    assert (first.written, again.written, again.view) == (3, 0, first.view)
+    [view] = conn.request("GET", "/api/dm/views", params={"project": project})
+    assert view["data"]["ordering"] == ["tasks:data.disagreement"]
+    params = {"project": project, "view": first.view, "include": "id,data"}
+    ordered = conn.request("GET", "/api/tasks", params=params)["tasks"]
+    assert [t["id"] for t in ordered if "disagreement" in t["data"]] == [ids[1], ids[2], ids[0]]
+    assert next(t for t in ordered if t["id"] == ids[0])["data"]["image"] == "https://example.com/q0.jpg"
+
+
 def test_lost_answer_and_500s_are_retried_without_duplicates(tmp_path: Path, label_studio, proxy) -> None:  # type: ignore[no-untyped-def]
     direct = LabelStudioClient(label_studio.url, label_studio.token)
     project = projects.create_project(direct, "lost answers", CONFIG)

@@ -27,6 +27,7 @@ from labelloop.types import ImageItem
 class CvatPlatform:
     name = "cvat"
     container_kind = "task"
+    orders_new_containers = True
 
     def __init__(
         self,

@@ -24,16 +24,17 @@ Machine-made labels: ``source`` is CVAT's own marker (``manual``, ``semi-auto``,
 ``file``, ``consensus``). Writing, a prelabel or pseudo-label gets ``auto``, a human label
 ``manual``, a synthetic one ``file``; a region read from CVAT keeps its original source (kept in
 ``attributes["cvat_source"]``) when that still means the same provenance. Reading,
-:data:`SOURCE_TO_CANONICAL` decides (``auto`` -> PRELABEL, the rest -> HUMAN: ``semi-auto`` shapes are
-drawn by a person with an interactive tool, so a person decided them).
+:func:`source_of` decides, by :data:`SOURCE_TO_CANONICAL` (``auto`` -> PRELABEL, the rest -> HUMAN:
+``semi-auto`` shapes are drawn by a person with an interactive tool, so a person decided them);
+this is the only place that rule lives (the connector's push and pull use it).
 ``score`` carries the confidence of machine labels; CVAT stores 1.0 on human ones, which is read
 as None (no confidence). Tags have no score in CVAT 2.73: a class region's score is not written.
 
 Attributes need a spec on the CVAT label: ``attribute_ids`` (label -> attribute name -> spec id)
 says which exist. CVAT answers every attribute of a shape's label, those never set at their
 default (``""`` for a text attribute): an empty value is read as absent, so a person's shape does
-not come back with ``model_version ""``. The provenance's ``model_version`` is written to the label's
-``model_version`` attribute when it has one; other region attributes with a spec are written as
+not come back with ``model_version ""``. The provenance's ``model_version`` is written to the
+label's ``model_version`` attribute when it has one; other region attributes with a spec are written as
 strings (CVAT's values are strings), the rest are not written. Reading, ``attribute_names``
 (spec id -> name) restores the names; unknown spec ids come back as ``cvat_attr_<id>``.
 Region ids of the form ``cvat:shape:<n>`` / ``cvat:tag:<n>`` (what reading produces) are written

@@ -49,6 +49,7 @@ def task_kind_of(items: Sequence[ImageItem]) -> str:
 class LabelStudioPlatform:
     name = "labelstudio"
     container_kind = "project"
+    orders_new_containers = False
 
     def __init__(self, client: LabelStudioClient, *, label_map: Mapping[str, str] | None = None) -> None:
         self.client = client

@@ -69,7 +69,6 @@ import json
 import logging
 import re
 import secrets
-import socket
 import threading
 import zipfile
 from dataclasses import dataclass, field
@@ -82,6 +81,7 @@ from flask import Flask, Request, Response, request
 from PIL import Image
 from werkzeug.serving import make_server
 
+from labelloop.procs import free_port
 from tests.cvat_peer.functions import FunctionsMixin
 from tests.cvat_peer.http import HttpError, reply, validate
 
@@ -132,7 +132,7 @@ class CvatPeer(FunctionsMixin):
     def __init__(self, users: dict[str, str] | None = None, page_size: int = 10) -> None:
         self.users_pw = users or {"admin1": "admin1-pw", "annotator": "ann-pw", "reviewer": "rev-pw"}
         self.page_size = page_size
-        self.port = _free_port()
+        self.port = free_port()
         self.log: list[tuple[str, str, str | None]] = []
         self._failures: list[Failure] = []
         self._lock = threading.RLock()
@@ -1186,12 +1186,6 @@ def _refuse_ids(body: Any) -> None:
 
 class _BigFormRequest(Request):
     max_form_parts = 100_000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _field(obj: dict[str, Any], name: str) -> Any:
