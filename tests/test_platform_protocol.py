@@ -15,6 +15,7 @@ from labelloop.connectors.cvat import CvatClient, CvatPlatform
 from labelloop.connectors.journal import PushJournal
 from labelloop.connectors.labelstudio import LabelStudioClient, LabelStudioPlatform
 from labelloop.connectors.platform import Cursor, LabelingPlatform, PushReport, Target
+from labelloop.errors import ConfigError
 from labelloop.settings import Settings
 from labelloop.sync.prelabel import default_journal, prelabel, pull
 from tests.cvat_peer import CvatPeer
@@ -104,6 +105,11 @@ def test_cvat_rerun_without_task_reuses_the_task(
     assert len(peer.shapes[first.where["task"]]) == first.counts["shapes"]  # nothing written twice
     # the job lines say which jobs hold the least confident frames
     assert sum(n.startswith("job ") for n in first.notes) == 2
+    # CVAT cannot add an image to a task that has data: one that is not a frame stops the run
+    extra = shape_images(tmp_path / "extra", 1, seed=3)[0].rename(tmp_path / "extra" / "new.jpg")
+    with pytest.raises(ConfigError, match=r"new\.jpg'\] are not frames of CVAT task.*nothing was written"):
+        prelabel(s, demo_weights, "cvat", container=first.where["task"], images=[pool, extra])
+    assert len(peer.shapes[first.where["task"]]) == first.counts["shapes"]
 
 
 def test_cvat_task_left_without_data_is_made_again(

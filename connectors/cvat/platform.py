@@ -84,8 +84,9 @@ class CvatPlatform:
         progress: Progress | None = None,
     ) -> ImportReport:
         """A new task of the images (least confident first by ``order``), or the frames of task
-        ``container`` the images are (matched by file name: CVAT cannot add images to a task that
-        has data). Images CVAT could not decode are left out, in ``failed``.
+        ``container`` the images are (matched by file name; an image that is not one is an error:
+        CVAT cannot add images to a task that has data). Images CVAT could not decode are left
+        out, in ``failed``.
 
         CVAT has no field per frame for a content hash, so a task is the same as before when it
         has the same name and the same frame names: rerunning without a task id finds the task
@@ -123,14 +124,13 @@ class CvatPlatform:
                     f"created task {container} with {len(made.job_ids)} job(s), least confident first"
                 )
         index = {f.name: f.number for f in tasks.frames(self.client, container)}
-        task_ids: dict[str, int] = {}
-        for p in good:
-            if p.name in index:
-                task_ids[sha[p]] = index[p.name]
-            else:
-                failed[str(p)] = (
-                    f"not a frame of CVAT task {container} (CVAT cannot add images to a task with data)"
-                )
+        strangers = [str(p) for p in good if p.name not in index]
+        if strangers:
+            raise ConfigError(
+                f"images {strangers[:5]} are not frames of CVAT task {container} (CVAT cannot add images "
+                "to a task that has data): leave them out or make a new task; nothing was written"
+            )
+        task_ids = {sha[p]: index[p.name] for p in good}
         if progress:
             progress(len(paths))
         return ImportReport(
