@@ -48,9 +48,20 @@ def pg_database() -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite store, copied for each test (cheaper than migrating each time)."""
+    path = tmp_path_factory.mktemp("store-template") / "store.db"
+    Store.open(f"sqlite:///{path}", blob_root=str(path.parent / "blobs")).close()
+    return path
+
+
 @pytest.fixture(params=BACKENDS)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
+        import shutil
+
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), tmp_path / "store.db")
         return f"sqlite:///{tmp_path / 'store.db'}"
     url = request.getfixturevalue("pg_database")
     _empty_pg(url)
@@ -61,6 +72,14 @@ def _empty_pg(url: str) -> None:
     engine = create_engine(url)
     try:
         with engine.begin() as c:
+            # a connection a failed test left open must not hold the next test's TRUNCATE forever
+            c.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+            c.execute(text("SET LOCAL lock_timeout = '20s'"))
             have = {
                 r[0] for r in c.execute(text("SELECT tablename FROM pg_tables WHERE schemaname='public'"))
             }

@@ -109,7 +109,8 @@ def test_snapshot_ids_parents_and_noop(store: Store) -> None:
     ingest(store, LS, result(many(5, start=10)))
     v2 = snapshot(store, "more")
     assert v2.created and v2.version.parent_id == v1.version.id
-    assert [v.id for v in list_versions(store.session())] == [v2.version.id, v1.version.id]
+    with store.session() as s:
+        assert [v.id for v in list_versions(s)] == [v2.version.id, v1.version.id]
     # the id is the content hash of parent + manifest
     from labelloop.sync.versions import version_id
 
@@ -204,7 +205,8 @@ def test_val_holds_verified_human_labels_only(store: Store) -> None:
     # require_review: plain submissions are not verified, so no val
     ingest(store, LS, result([ann(200, 200, [box("cat", 0, 0, 5, 5)], review_state="accepted",
                                   updated="2025-09-01T00:00:00Z")], present={}))  # fmt: skip
-    m = compute_manifest(store.session(), require_review=True)
+    with store.session() as s:
+        m = compute_manifest(s, require_review=True)
     assert {e.item_sha for e in m.entries if e.split == "val"} <= {sha_of("img-200")}
     assert all(e.reason in ("accepted", "ground_truth") for e in m.entries if e.verified)
 
