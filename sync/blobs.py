@@ -13,7 +13,7 @@ import hashlib
 import os
 import uuid
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -24,10 +24,12 @@ _CHUNK = 1 << 20
 
 
 class BlobStore:
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], **storage_options: Any) -> None:
+        """``storage_options`` go to the fsspec filesystem (e.g. ``endpoint_url`` for an
+        S3-compatible server); s3fs also reads the usual ``AWS_*`` environment variables."""
         root = str(root)
         try:
-            self.fs, path = url_to_fs(root)
+            self.fs, path = url_to_fs(root, **storage_options)
         except (ImportError, ValueError) as e:
             raise ConfigError(f"blob root {root!r} (LABELLOOP_BLOB_ROOT) cannot be opened: {e}") from None
         self.root = root

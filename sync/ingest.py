@@ -34,7 +34,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -115,6 +115,7 @@ def ingest(
     result: PullResult,
     *,
     commit_cursor: bool = True,
+    progress: Callable[[int], None] | None = None,
 ) -> IngestReport:
     """Write ``result`` (annotations, tombstones, quarantine and, with ``commit_cursor``, the
     cursor) in ONE transaction.
@@ -123,15 +124,15 @@ def ingest(
     work runs in the caller's transaction and is flushed, not committed: the caller commits (and
     can add its own rows to the same transaction). A database failure raises StoreError
     (retryable); in the Store form nothing of the pass is kept, so the cursor never runs ahead of
-    the data.
+    the data. ``progress`` is called with the number of annotations done after each batch.
     """
     t0 = time.monotonic()
     try:
         if isinstance(store_or_session, Store):
             with store_or_session.transaction() as s:
-                report = _ingest(s, target, result, commit_cursor)
+                report = _ingest(s, target, result, commit_cursor, progress)
         else:
-            report = _ingest(store_or_session, target, result, commit_cursor)
+            report = _ingest(store_or_session, target, result, commit_cursor, progress)
             store_or_session.flush()
     except DBAPIError as e:
         orig = getattr(e, "orig", None) or e
@@ -148,6 +149,29 @@ def load_cursor(store_or_session: Store | Session, target: Target) -> Cursor | N
             return load_cursor(s, target)
     text = store_or_session.execute(select(SourceRow.cursor).where(SourceRow.key == target.key)).scalar()
     return Cursor.from_json(text) if text else None
+
+
+def quarantined(store_or_session: Store | Session, target: Target | None = None) -> list[dict[str, Any]]:
+    """What is in quarantine (for ``target``, or all), newest first: source, task, annotation,
+    updated_at, kind, reason, found_at."""
+    if isinstance(store_or_session, Store):
+        with store_or_session.session() as s:
+            return quarantined(s, target)
+    q = select(QuarantineRow).order_by(QuarantineRow.id.desc())
+    if target is not None:
+        q = q.where(QuarantineRow.source_key == target.key)
+    return [
+        {
+            "source": r.source_key,
+            "task_id": r.task_id,
+            "annotation_id": r.annotation_id,
+            "updated_at": r.updated_at,
+            "kind": r.kind,
+            "reason": r.reason,
+            "found_at": r.found_at.isoformat() + "Z",
+        }
+        for r in store_or_session.execute(q).scalars()
+    ]
 
 
 def save_cursor(session: Session, target: Target, cursor: Cursor) -> None:
@@ -176,7 +200,13 @@ class _Row:
     placeholder: bool
 
 
-def _ingest(s: Session, target: Target, result: PullResult, commit_cursor: bool) -> IngestReport:
+def _ingest(
+    s: Session,
+    target: Target,
+    result: PullResult,
+    commit_cursor: bool,
+    progress: Callable[[int], None] | None = None,
+) -> IngestReport:
     report = IngestReport(target.key, pulled=len(result.annotations))
     _lock_source(s, target)
     _ensure_source(s, target)
@@ -184,7 +214,10 @@ def _ingest(s: Session, target: Target, result: PullResult, commit_cursor: bool)
     quarantined: list[dict[str, Any]] = []
     anns = result.annotations
     for start in range(0, len(anns), BATCH):
-        _write_batch(s, target, anns[start : start + BATCH], stamp, report, quarantined)
+        batch = anns[start : start + BATCH]
+        _write_batch(s, target, batch, stamp, report, quarantined)
+        if progress is not None:
+            progress(len(batch))
     if quarantined:
         _write_quarantine(s, target, quarantined, report)
     _reconcile(s, target, result, stamp, report)

@@ -278,11 +278,14 @@ def snapshot(
                 allow_empty=allow_empty,
             )
     s = store_or_session
-    m = compute_manifest(s, val_fraction=val_fraction, seed=seed, require_review=require_review)
+    m = compute_manifest(
+        s, val_fraction=val_fraction, seed=seed, require_review=require_review, with_counts=False
+    )
     head = latest(s)
     msha = m.sha
     if head is not None and _manifest_sha(s, head.id) == msha:
         return SnapshotResult(head, created=False)
+    m.counts = manifest_counts(s, m.entries)
     if not m.entries and not allow_empty:
         raise DataError("the store holds no usable labels yet; nothing to snapshot")
     parent = head.id if head else None

@@ -11,7 +11,7 @@ from sqlalchemy import func, select, text
 
 from labelloop.connectors.platform import Cursor
 from labelloop.errors import StoreError
-from labelloop.sync.ingest import ingest, load_cursor, save_cursor
+from labelloop.sync.ingest import ingest, load_cursor, quarantined, save_cursor
 from labelloop.sync.store import Store
 from labelloop.sync.store.engine import current_revision, head_revision
 from labelloop.sync.store.keys import attach_bytes, placeholder_sha, placeholders
@@ -188,6 +188,8 @@ def test_malformed_annotations_are_quarantined_and_the_rest_ingest(store: Store)
     # pulled again: not quarantined twice
     ingest(store, LS, result([bad_size]))
     assert count(store, QuarantineRow) == 5
+    listed = quarantined(store, LS)
+    assert len(listed) == 5 and {q["kind"] for q in listed} == {"data"}
     # the quarantined annotation's task is still present: its stored good state is not tombstoned
     ingest(store, LS, result([ann(2, 20, updated="2025-01-01T00:00:00Z")]))
     assert ingest(store, LS, result([bad_size])).tombstoned == 0
@@ -313,9 +315,10 @@ def test_bulk_ingest_is_fast_enough(store: Store) -> None:
         ann(i, i, [box("a", 1, 1, 9, 9), box("b", 2, 2, 20, 20), box("a", 5, 5, 30, 30)]) for i in range(n)
     ]
     t = time.monotonic()
-    r = ingest(store, LS, result(anns, all_tasks=[str(i) for i in range(n)]))
+    done: list[int] = []
+    r = ingest(store, LS, result(anns, all_tasks=[str(i) for i in range(n)]), progress=done.append)
     first = time.monotonic() - t
-    assert r.new_revisions == n
+    assert r.new_revisions == n and sum(done) == n
     t = time.monotonic()
     r = ingest(store, LS, result([], present={}, all_tasks=[str(i) for i in range(n)]))
     nochange = time.monotonic() - t
@@ -359,3 +362,24 @@ def test_an_older_state_never_replaces_a_newer_one(store: Store) -> None:
     assert (r.new_revisions, r.stale) == (0, 1)
     with store.session() as s:
         assert s.get(HeadRow, (LS.key, "10")).state_key == "2025-01-02T00:00:00Z"  # type: ignore[union-attr]
+
+
+def test_blobs_on_s3(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """s3:// by URL, against a real S3-compatible server (moto's), credentials from the environment."""
+    import uuid
+
+    from labelloop.sync.blobs import BlobStore
+
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": s3_server,
+    }.items():
+        monkeypatch.setenv(k, v)
+    bucket = f"ll-{uuid.uuid4().hex[:8]}"
+    b = BlobStore(f"s3://{bucket}/blobs", endpoint_url=s3_server)
+    b.fs.mkdir(bucket)
+    sha = b.put(b"bytes in a bucket")
+    assert b.exists(sha) and b.get(sha) == b"bytes in a bucket" and b.verify(sha)
+    assert b.path(sha) == f"{bucket}/blobs/{sha[:2]}/{sha[2:4]}/{sha}"
