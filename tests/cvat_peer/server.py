@@ -1,7 +1,8 @@
 """A CVAT test peer: the only fake in the CVAT tests, and a faithful one.
 
 A real CVAT cannot run on these machines (it needs Docker), so this small Flask app serves the
-subset of CVAT's REST API that ``labelloop.connectors.cvat`` and ``cvat-cli task auto-annotate`` use, following CVAT v2.73.0's own OpenAPI schema (``/work/shared/reference/cvat-2.73/schema.yml``)
+subset of CVAT's REST API that ``labelloop.connectors.cvat`` and ``cvat-cli task auto-annotate``
+use, following CVAT v2.73.0's own OpenAPI schema (``/work/shared/reference/cvat-2.73/schema.yml``)
 and the responses recorded from a real CVAT in CVAT's REST test suite (the ``*.json`` files beside
 it). Every object it answers with is built from a recorded object of the same kind (same fields,
 same nesting), lists are paginated ``{count, next, previous, results}``, and every annotation or
