@@ -39,6 +39,9 @@ from cvat_sdk.auto_annotation import (
     skeleton_label_spec,
 )
 
+from labelloop.backend.inference.predictor import Predictor
+from labelloop.connectors.formats.cvat import regions_to_cvat
+from labelloop.settings import Settings
 from labelloop.types import ImageItem
 
 _CFG = Configuration()
@@ -59,12 +62,11 @@ class YoloDetectionFunction:
         names: dict[int, str] = dict(predictor.names)
         kind = _LABEL_TYPE[predictor.task]
         kpts = list(getattr(predictor, "kpt_names", None) or [])
+        if kind == "skeleton" and not kpts:  # named as the predictor names unnamed points: kp0, kp1, ...
+            kpts = [f"kp{k}" for k in range(_keypoint_count(predictor))]
         labels = []
         for i, name in sorted(names.items()):
             if kind == "skeleton":
-                if not kpts:
-                    n = getattr(predictor, "num_keypoints", 0) or 17
-                    kpts = [f"kp{k}" for k in range(n)]
                 subs = [keypoint_spec(k, j) for j, k in enumerate(kpts)]
                 labels.append(skeleton_label_spec(name, i, subs))
             else:
@@ -82,12 +84,17 @@ class YoloDetectionFunction:
         return to_cvat_annotations(regions, self._label_ids, self._sub_ids)
 
 
+def _keypoint_count(predictor: Any) -> int:
+    """Points per instance, from the model's ``kpt_shape``; 17 (COCO's) only for a model that does not
+    say (an exported file)."""
+    shape = getattr(predictor, "kpt_shape", None)
+    return int(shape[0]) if shape else 17
+
+
 def to_cvat_annotations(
     regions: Sequence[Any], label_ids: dict[str, int], sublabel_ids: dict[str, int] | None = None
 ) -> list[models.LabeledShapeRequest | models.LabeledImageRequest]:
     """Canonical regions -> the request models a detection function returns (frame 0, no id/source)."""
-    from labelloop.connectors.formats.cvat import regions_to_cvat
-
     extra = {"sublabel_ids": sublabel_ids} if sublabel_ids else {}  # skeletons only
     shapes, tags = regions_to_cvat(list(regions), 0, label_ids, **extra)
     out: list[models.LabeledShapeRequest | models.LabeledImageRequest] = []
@@ -117,9 +124,6 @@ def create(
     runtime: str = "auto",
 ) -> YoloDetectionFunction:
     """The factory ``cvat-cli ... -p model=str:PATH -p conf=float:0.3`` calls (empty model: demo)."""
-    from labelloop.backend.inference.predictor import Predictor
-    from labelloop.settings import Settings
-
     settings = Settings(
         model=Path(model) if model else None,
         conf=conf,

@@ -7,19 +7,19 @@ import time
 import numpy as np
 from rich.console import Console
 
+from labelloop.backend.inference.demo_model import render_shapes
+from labelloop.backend.inference.weights import model_version_of, resolve_weights
+from labelloop.backend.serving.gunicorn import BackendProcess
+from labelloop.connectors.formats.labelstudio import generate_label_config
+from labelloop.connectors.labelstudio import LabelStudioClient, imports, projects
+from labelloop.connectors.labelstudio.server import LabelStudioServer
+from labelloop.procs import free_port
 from labelloop.settings import Settings
 
 console = Console()
 
 
 def run_demo(settings: Settings, port: int, backend_port: int, n_images: int, keep_running: bool) -> None:
-    from labelloop.backend.inference.demo_model import render_shapes
-    from labelloop.backend.inference.weights import model_version_of, resolve_weights
-    from labelloop.backend.serving.gunicorn import BackendProcess
-    from labelloop.connectors.formats.labelstudio import generate_label_config
-    from labelloop.connectors.labelstudio.connector import LabelStudioConnector
-    from labelloop.connectors.labelstudio.server import LabelStudioServer, free_port
-
     weights = resolve_weights(settings)
     work = settings.cache_dir / "demo"
     images = work / "images"
@@ -32,30 +32,35 @@ def run_demo(settings: Settings, port: int, backend_port: int, n_images: int, ke
         paths.append(p)
 
     with console.status("starting Label Studio (first run: ~40 s)..."):
-        ls = LabelStudioServer(work / "label-studio", port=_free_or(port, free_port))
+        ls = LabelStudioServer(work / "label-studio", port=free_port(port))
         ls.start()
     backend = None
     try:
         with console.status("starting the ML backend (gunicorn + rq worker)..."):
             backend = BackendProcess(
-                work / "backend", weights, settings.queue.redis_url, port=_free_or(backend_port, free_port)
+                work / "backend",
+                weights,
+                settings.queue.redis_url,
+                port=free_port(backend_port),
+                settings=settings,
             ).start()
-        client = LabelStudioConnector(ls.url, ls.token)
-        from ultralytics import YOLO  # only for the class names; the backend has its own copy loaded
+        client = LabelStudioClient(ls.url, ls.token)
+        from ultralytics import YOLO  # lazy (seconds to import), only for the class names
 
         names = list(YOLO(str(weights)).names.values())
-        project = client.create_project(
+        project = projects.create_project(
+            client,
             f"labelloop demo {time.strftime('%H:%M:%S')}",
             generate_label_config("detect", names),
             "Shapes prelabelled by the labelloop demo detector",
         )
-        client.upload_images(project, paths)
-        client.connect_ml_backend(project, backend.url)
+        imports.upload_images(client, project, paths)
+        projects.connect_ml_backend(client, project, backend.url)
         with console.status(f"prelabelling {len(paths)} images..."):
-            client.retrieve_predictions(project)
+            projects.retrieve_predictions(client, project)
         version = model_version_of(weights)
-        client.set_model_version(project, version)
-        view = client.create_uncertainty_view(project)
+        projects.set_model_version(client, project, version)
+        view = projects.create_uncertainty_view(client, project)
         console.print(
             f"\n[bold green]labelloop demo is up[/]\n"
             f"  Label Studio  {ls.url}/projects/{project}/data?tab={view}\n"
@@ -73,14 +78,3 @@ def run_demo(settings: Settings, port: int, backend_port: int, n_images: int, ke
         if backend:
             backend.stop()
         ls.stop()
-
-
-def _free_or(port: int, fallback) -> int:  # type: ignore[no-untyped-def]
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            return int(fallback())

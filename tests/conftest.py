@@ -77,8 +77,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unty
     AWS itself is unreachable here, and Label Studio and boto3 talk to it as to any S3 endpoint."""
     import sys
 
-    from labelloop.connectors.labelstudio.server import free_port
-    from labelloop.procs import spawn, stop_group, tail
+    from labelloop.procs import free_port, spawn, stop_group, tail
     from tests.helpers import wait_for
 
     port = free_port()

@@ -13,8 +13,9 @@ import pytest
 import requests
 from PIL import Image
 
-from labelloop.backend.inference.images import ImageFetcher, LabelStudioAccess, decode_image
+from labelloop.backend.inference.images import ImageFetcher, decode_image
 from labelloop.backend.serving.app import create_app
+from labelloop.backend.serving.project_access import Credentials
 from labelloop.errors import FetchError
 from labelloop.settings import load_settings
 
@@ -28,7 +29,7 @@ def _jpeg(w: int = 64, h: int = 48) -> bytes:
 
 
 def test_private_addresses_refused_unless_allowed(tmp_path: Path) -> None:
-    from labelloop.connectors.labelstudio.server import free_port
+    from labelloop.procs import free_port
 
     port = free_port()
     srv = subprocess.Popen(
@@ -113,8 +114,8 @@ def test_label_studio_images_need_the_token(label_studio, tmp_path: Path) -> Non
     path = task["data"]["image"]
     f = ImageFetcher(load_settings(cache_dir=tmp_path / "c", image_cache_bytes=0))
     assert "LABELLOOP_LABEL_STUDIO_URL" in f.load(path).error
-    assert "LABELLOOP_LABEL_STUDIO_TOKEN" in f.load(path, LabelStudioAccess(ls.url, None)).error
-    assert f.load(path, LabelStudioAccess(ls.url, ls.token)).ok
+    assert "LABELLOOP_LABEL_STUDIO_TOKEN" in f.load(path, Credentials(ls.url, None).files()).error
+    assert f.load(path, Credentials(ls.url, ls.token).files()).ok
 
 
 def test_setup_is_cheap_and_bad_requests_get_clear_errors(demo_weights: Path, tmp_path: Path) -> None:

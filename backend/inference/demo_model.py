@@ -1,22 +1,26 @@
 """A small detector this machine can build without any hub download.
 
 yolov8n from its yaml, trained briefly on generated images of coloured shapes. The result is
-cached under the cache dir by a hash of the recipe, so tests and the demo build it once.
+cached under the cache dir by a hash of the recipe, so tests and the demo build it once; the
+build (minutes on a CPU) shows a bar over its epochs with the time left.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+from rich.console import Console
+
+from labelloop.backend.inference.epoch_progress import EpochProgress
+from labelloop.backend.inference.yolo_env import ensure_yolo_env
+from labelloop.fsutil import atomic_write, file_lock
 
 CLASSES = ("circle", "square", "triangle")
 RECIPE = {"arch": "yolov8n.yaml", "epochs": 30, "imgsz": 320, "n_train": 96, "n_val": 24, "seed": 0, "v": 2}
@@ -77,34 +81,28 @@ def write_shapes_dataset(root: Path, n_train: int, n_val: int, size: int = 320, 
     return data
 
 
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def demo_model_path(cache_dir: Path) -> Path:
-    digest = hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode()).hexdigest()[:10]
+def demo_model_path(cache_dir: Path, recipe: Mapping[str, Any] = RECIPE) -> Path:
+    digest = hashlib.sha256(json.dumps(dict(recipe), sort_keys=True).encode()).hexdigest()[:10]
     return cache_dir / "models" / f"demo-shapes-{digest}.pt"
 
 
-def build_demo_model(cache_dir: Path, progress: bool = True) -> Path:
-    """Train (once) and return the cached demo detector."""
-    target = demo_model_path(cache_dir)
+def build_demo_model(
+    cache_dir: Path,
+    progress: bool = True,
+    *,
+    recipe: Mapping[str, Any] = RECIPE,
+    console: Console | None = None,
+) -> Path:
+    """Train (once) and return the cached demo detector; ``progress`` shows a bar over the epochs,
+    with the time left, on ``console`` (default: the terminal's stderr)."""
+    target = demo_model_path(cache_dir, recipe)
     if target.exists():
         return target
-    from labelloop.backend.inference.yolo_env import ensure_yolo_env
-
     ensure_yolo_env(cache_dir)
-    with _file_lock(target.with_suffix(".lock")):
+    with file_lock(target.with_suffix(".lock")):
         if target.exists():  # another process built it while we waited
             return target
-        from ultralytics import YOLO
+        from ultralytics import YOLO  # lazy: importing Ultralytics costs seconds
         from ultralytics.utils import SETTINGS
 
         # Ultralytics' own MLflow integration would start a store in the working directory (mlflow
@@ -112,13 +110,19 @@ def build_demo_model(cache_dir: Path, progress: bool = True) -> Path:
         SETTINGS.update({"mlflow": False})
         with tempfile.TemporaryDirectory(prefix="labelloop-demo-") as tmp:
             data = write_shapes_dataset(
-                Path(tmp) / "data", RECIPE["n_train"], RECIPE["n_val"], seed=RECIPE["seed"]
+                Path(tmp) / "data",
+                recipe["n_train"],
+                recipe["n_val"],
+                size=recipe["imgsz"],
+                seed=recipe["seed"],
             )
-            model = YOLO(RECIPE["arch"])
+            model = YOLO(recipe["arch"])
+            if progress:
+                EpochProgress("building the demo model", console).attach(model)
             model.train(
                 data=str(data),
-                epochs=RECIPE["epochs"],
-                imgsz=RECIPE["imgsz"],
+                epochs=recipe["epochs"],
+                imgsz=recipe["imgsz"],
                 batch=16,
                 device="cpu",
                 workers=0,
@@ -126,7 +130,7 @@ def build_demo_model(cache_dir: Path, progress: bool = True) -> Path:
                 amp=False,
                 project=str(Path(tmp) / "runs"),
                 name="demo",
-                seed=RECIPE["seed"],
+                seed=recipe["seed"],
                 optimizer="SGD",
                 lr0=0.01,
                 verbose=progress,
@@ -134,7 +138,5 @@ def build_demo_model(cache_dir: Path, progress: bool = True) -> Path:
                 exist_ok=True,
             )
             best = Path(tmp) / "runs" / "demo" / "weights" / "best.pt"
-            tmp_target = target.with_suffix(".part")
-            shutil.copy(best, tmp_target)
-            tmp_target.replace(target)
+            atomic_write(target, best.read_bytes())
     return target

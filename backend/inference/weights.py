@@ -4,13 +4,13 @@ without loading the model (cheap enough for /setup)."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from functools import lru_cache
 from pathlib import Path
 
 from labelloop.backend.inference.demo_model import build_demo_model, demo_model_path
 from labelloop.errors import ModelError
+from labelloop.fsutil import sha256_file
 from labelloop.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,11 +30,7 @@ def resolve_weights(settings: Settings) -> Path:
 
 @lru_cache(maxsize=32)
 def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(Path(path))  # cached by (path, mtime, size): /setup asks on every predict
 
 
 def weights_sha256(path: Path) -> str:

@@ -2,9 +2,9 @@
 
 Label Studio sends every task selected in the Data Manager in ONE /predict and gives up after
 100 s. The app answers what it finished in time and hands the rest to this job, which predicts
-them and writes the predictions through Label Studio's bulk import API. The job runs on an rq
-worker (any host that reaches Redis); when Redis is unreachable it runs in a thread of the app
-process instead, which is not durable across restarts, and says so in the log.
+them and writes the predictions through the Label Studio connector's bulk import. The job runs on
+an rq worker (any host that reaches Redis), or in a thread of the app when Redis is down (see
+``jobs.queues.enqueue_predict``).
 
 Writes are idempotent per (task, model_version) and progress is kept in ``job.meta``, so a
 retried or restarted job neither loses nor duplicates a prediction.
@@ -17,8 +17,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from labelloop.backend.inference.images import LabelStudioAccess
+from rq import get_current_job
+
 from labelloop.backend.serving.predict_service import PredictionService
+from labelloop.backend.serving.project_access import Credentials
+from labelloop.connectors.labelstudio import push_predictions
 from labelloop.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,8 +30,23 @@ _services: dict[tuple[str, str], PredictionService] = {}
 _services_lock = threading.Lock()
 
 
-def queue_name(settings: Settings) -> str:
-    return f"{settings.queue.prefix}-predict"
+def payload_for(
+    settings: Settings,
+    weights: Path,
+    tasks: list[dict[str, Any]],
+    project: int,
+    label_config: str,
+    credentials: Credentials,
+) -> dict[str, Any]:
+    """What a job needs, as JSON: the tasks (id and data), where to write, and how to predict."""
+    return {
+        "tasks": [{"id": t.get("id"), "data": t.get("data")} for t in tasks],
+        "project": project,
+        "label_config": label_config,
+        "weights": str(weights),
+        "settings": settings.model_dump(mode="json"),
+        "label_studio": {"url": credentials.url, "token": credentials.token},
+    }
 
 
 def _service(settings: Settings, weights: Path) -> PredictionService:
@@ -42,24 +60,23 @@ def _service(settings: Settings, weights: Path) -> PredictionService:
 
 def predict_and_write(payload: dict[str, Any]) -> dict[str, int]:
     """Predict ``payload['tasks']`` and import the predictions into the Label Studio project."""
-    from labelloop.connectors.labelstudio.connector import push_predictions
-
     settings = Settings.model_validate(payload["settings"])
     service = _service(settings, Path(payload["weights"]))
-    ls = LabelStudioAccess(**payload["label_studio"])
+    creds = Credentials(**payload["label_studio"])
+    files = creds.files()
     tasks: list[dict[str, Any]] = payload["tasks"]
-    job = _current_job()
+    job = get_current_job()
     start = int(job.meta.get("done", 0)) if job else 0
     written = failed = 0
     for lo in range(start, len(tasks), CHUNK):
         chunk = tasks[lo : lo + CHUNK]
-        report = service.predict_tasks(chunk, payload["label_config"], ls)
+        report = service.predict_tasks(chunk, payload["label_config"], files)
         preds = [
             {**{k: v for k, v in r.items() if k in ("result", "score", "model_version")}, "task": t["id"]}
             for t, r in zip(chunk, report.results, strict=True)
             if r is not None
         ]
-        written += push_predictions(ls.url, ls.token, payload["project"], preds)
+        written += push_predictions(creds.url, creds.token, payload["project"], preds)
         failed += sum(report.failed.values())
         if job:
             job.meta.update(done=lo + len(chunk), total=len(tasks), written=written, failed=failed)
@@ -74,46 +91,8 @@ def predict_and_write(payload: dict[str, Any]) -> dict[str, int]:
     return {"tasks": len(tasks), "written": written, "failed": failed}
 
 
-def _current_job() -> Any:
-    try:
-        from rq import get_current_job
-
-        return get_current_job()
-    except Exception:
-        return None
-
-
-def enqueue(settings: Settings, payload: dict[str, Any]) -> str:
-    """Hand tasks to an rq worker; fall back to a thread here when Redis is down. Returns a job id."""
-    try:
-        from redis import Redis
-        from rq import Queue, Retry
-
-        conn = Redis.from_url(settings.queue.redis_url, socket_connect_timeout=2)
-        conn.ping()
-        job = Queue(queue_name(settings), connection=conn).enqueue(
-            predict_and_write,
-            payload,
-            job_timeout=24 * 3600,
-            retry=Retry(max=3, interval=[10, 60, 300]),
-            result_ttl=7 * 24 * 3600,
-            failure_ttl=30 * 24 * 3600,
-            description=f"predict {len(payload['tasks'])} tasks of project {payload['project']}",
-        )
-        return job.id
-    except Exception as e:
-        log.error(
-            "cannot queue background prediction on %s (%s); running it in this process instead, "
-            "which a restart would interrupt: start Redis and `labelloop worker` for durable jobs",
-            settings.queue.redis_url,
-            e,
-        )
-        t = threading.Thread(target=_run_logged, args=(payload,), daemon=True, name="background-predict")
-        t.start()
-        return f"thread-{t.ident}"
-
-
-def _run_logged(payload: dict[str, Any]) -> None:
+def run_logged(payload: dict[str, Any]) -> None:
+    """``predict_and_write`` in a thread (no rq): failures go to the log."""
     try:
         predict_and_write(payload)
     except Exception:

@@ -1,4 +1,4 @@
-"""Run the ML backend under gunicorn, and the rq worker that finishes big /predict batches.
+"""Run the ML backend under gunicorn, and as a child process (``BackendProcess``: demo, tests, bench).
 
 gthread workers keep /health and /setup answering (Label Studio gives them 1 s and 3 s) while
 another thread of the same worker is busy in a long /predict. The model is loaded when a worker
@@ -9,32 +9,30 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from labelloop.connectors.labelstudio.server import free_port
-from labelloop.errors import RemoteError
-from labelloop.procs import spawn, stop_group, tail
-from labelloop.settings import Settings
+from labelloop.procs import Child, free_port
+from labelloop.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
 
 def prepare_metrics_dir() -> None:
-    """Prometheus multiprocess mode: every gunicorn worker writes here, /metrics sums them."""
+    """Prometheus multiprocess mode: every gunicorn worker writes to ``PROMETHEUS_MULTIPROC_DIR`` and
+    /metrics sums them. It must be set before prometheus_client is first imported."""
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="labelloop-metrics-")
 
 
 def run_gunicorn(settings: Settings, weights: Path) -> None:
     prepare_metrics_dir()
+    # lazy: the app imports prometheus_client, which reads the metrics directory when imported
     from gunicorn.app.base import BaseApplication
 
     from labelloop.backend.serving.app import create_app
@@ -70,25 +68,16 @@ def _warm(worker: Any) -> None:
 
 
 def _child_exit(server: Any, worker: Any) -> None:
-    from prometheus_client import multiprocess
+    from labelloop.backend.serving import metrics
 
-    multiprocess.mark_process_dead(worker.pid)
-
-
-def run_worker(settings: Settings, burst: bool = False) -> None:
-    """An rq worker for background prediction; it keeps the model loaded between jobs."""
-    from redis import Redis
-    from rq import Queue, SimpleWorker
-
-    from labelloop.backend.jobs.predict import queue_name
-
-    conn = Redis.from_url(settings.queue.redis_url)
-    worker = SimpleWorker([Queue(queue_name(settings), connection=conn)], connection=conn)
-    worker.work(burst=burst, with_scheduler=True)
+    metrics.mark_process_dead(worker.pid)
 
 
-class BackendProcess:
-    """``labelloop serve`` (gunicorn + rq worker) in a subprocess on a free port (demo, tests, bench)."""
+class BackendProcess(Child):
+    """``labelloop serve`` (gunicorn + rq worker) in its own process group on a free port.
+
+    The child reads ``settings`` (default: this process's) with the model, Redis, a queue prefix
+    of its own and the port set; ``env`` adds raw variables on top (tests set limits that way)."""
 
     def __init__(
         self,
@@ -97,46 +86,29 @@ class BackendProcess:
         redis_url: str,
         env: dict[str, str] | None = None,
         port: int | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.prefix = f"ll-{uuid.uuid4().hex[:8]}"
         workdir.mkdir(parents=True, exist_ok=True)
-        self.env = {
-            **os.environ,
-            "LABELLOOP_MODEL": str(weights),
-            "LABELLOOP_REDIS_URL": redis_url,
-            "LABELLOOP_QUEUE_PREFIX": self.prefix,
-            "LABELLOOP_HOST": "127.0.0.1",
-            "LABELLOOP_PORT": str(self.port),
-            **(env or {}),
-        }
-        self.log_path = workdir / "backend.log"
-        self.proc: subprocess.Popen | None = None
+        child = (settings or load_settings()).with_(
+            model=weights, redis_url=redis_url, queue_prefix=self.prefix, host="127.0.0.1", port=self.port
+        )
+        super().__init__(
+            "the ML backend",
+            [sys.executable, "-m", "labelloop.cli", "serve"],
+            {**os.environ, **child.environment(), **(env or {})},
+            workdir / "backend.log",
+        )
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 120) -> BackendProcess:
-        self.proc = spawn([sys.executable, "-m", "labelloop.cli", "serve"], self.env, self.log_path)
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RemoteError(f"the ML backend exited:\n{self.log()}")
-            try:
-                h = requests.get(f"{self.url}/health", timeout=1).json()
-                if h.get("model_loaded"):
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RemoteError(f"the ML backend was not ready in {timeout:.0f}s:\n{self.log()}")
+    def start(self, timeout: float = 120) -> BackendProcess:  # type: ignore[override]
+        super().start(self._ready, timeout)
+        return self
 
-    def log(self) -> str:
-        return tail(self.log_path)
-
-    def stop(self) -> None:
-        stop_group(self.proc)
-        self.proc = None
+    def _ready(self) -> bool:
+        return bool(requests.get(f"{self.url}/health", timeout=1).json().get("model_loaded"))

@@ -1,38 +1,46 @@
-"""Label Studio tasks in, Label Studio predictions out: the part the HTTP app and the background
-job share. It knows task JSON and label configs (through the connectors' format module), never
-Label Studio's HTTP API."""
+"""Label Studio tasks in, Label Studio predictions out: what the HTTP app and the background job
+share. It knows task JSON and label configs (through the connectors' format module), never Label
+Studio's HTTP API: images are read with the credentials ``project_access`` holds, and tasks left
+over when the time budget ends are handed to a callable (the app gives it the rq queue).
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labelloop.backend.inference.images import ImageFetcher, LabelStudioAccess
+from labelloop.backend.inference.images import ImageFetcher, LabelStudioFiles
 from labelloop.backend.inference.predictor import Predictor
 from labelloop.backend.inference.weights import model_version_of
+from labelloop.backend.serving import metrics
+from labelloop.backend.serving.project_access import Credentials, ProjectAccess, configured, project_id
 from labelloop.connectors.formats.labelstudio import (
     ControlPlan,
     item_to_ls_prediction,
     parse_label_config,
     select_controls,
 )
-from labelloop.errors import ConfigError
+from labelloop.errors import ConfigError, ErrorKind, LabelloopError
 from labelloop.settings import Settings
 
 log = logging.getLogger(__name__)
 
+HandOff = Callable[[list[dict[str, Any]], str, int, Credentials], str]
+"""(tasks, label_config, project id, credentials) -> a job id: predict these later, elsewhere."""
+
 
 @dataclass
 class BatchReport:
-    """What happened to one /predict call's tasks, for the response, the logs and the metrics."""
+    """What happened to one batch of tasks, for the response, the logs and the metrics."""
 
     results: list[dict | None]
     predicted: int = 0
-    failed: dict[str, int] = field(default_factory=dict)  # error kind -> count
+    failed: dict[ErrorKind, int] = field(default_factory=dict)  # why images could not be predicted
     unmapped: int = 0
     elapsed: float = 0.0
 
@@ -41,29 +49,45 @@ class BatchReport:
         return [i for i, r in enumerate(self.results) if r is None]
 
 
-def error_kind(message: str) -> str:
-    m = message.lower()
-    for kind, needles in (
-        ("refused", ("refused", "private", "local_roots")),
-        ("too_large", ("larger than", "pixels, over")),
-        ("unreadable", ("not a readable image",)),
-        ("auth", ("credentials", "401", "403")),
-        ("missing", ("404", "does not exist", "no image reference", "cannot read")),
-        ("download", ("cannot download", "cannot resolve", "http")),
-        ("model", ("model failed",)),
-    ):
-        if any(n in m for n in needles):
-            return kind
-    return "other"
+@dataclass(frozen=True)
+class PredictRequest:
+    """A ``/predict`` body: ``{tasks, project, label_config, params}``."""
+
+    tasks: list[dict[str, Any]]
+    label_config: str
+    project: str  # "<id>.<created timestamp>", as Label Studio sends it
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> PredictRequest:
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            raise LabelloopError("'tasks' must be a list of task objects", ErrorKind.REJECTED)
+        label_config = body.get("label_config") or (body.get("params") or {}).get("label_config") or ""
+        project = body.get("project")
+        return cls(tasks, str(label_config), "" if project is None else str(project))
 
 
 class PredictionService:
-    """One per process: the model is loaded once, on first use or at worker start, never in /setup."""
+    """One per process: the model is loaded once, on first use or at worker start, never in /setup.
 
-    def __init__(self, settings: Settings, weights: Path) -> None:
+    ``access`` and ``hand_off`` are what the HTTP app adds (``setup`` and ``answer``); the background
+    job and the prelabel workflow only call ``predict_tasks``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        weights: Path,
+        *,
+        label_studio: LabelStudioFiles | None = None,
+        access: ProjectAccess | None = None,
+        hand_off: HandOff | None = None,
+    ) -> None:
         self.settings = settings
         self.weights = weights
-        self.fetcher = ImageFetcher(settings)
+        default = configured(settings)
+        self.fetcher = ImageFetcher(settings, label_studio or (default.files() if default else None))
+        self.access = access
+        self.hand_off = hand_off
         self._predictor: Predictor | None = None
         self._load_lock = threading.Lock()
 
@@ -98,11 +122,62 @@ class PredictionService:
             )
         return select_controls(parse_label_config(label_config), self.predictor.task)
 
+    # ------------------------------------------------------------------ the HTTP app's calls
+
+    def setup(self, project: Any, hostname: str | None, token: str | None) -> str:
+        """``/setup``: remember where this project's images are; answer the version (no model load)."""
+        if self.access is not None:
+            self.access.remember(str(project or ""), hostname, token)
+        return self.model_version
+
+    def answer(self, request: PredictRequest) -> list[Any]:
+        """``/predict``: one result per task, in order, within the time budget; tasks not reached
+        get ``[]`` ("no prediction yet") and are handed off to be written to Label Studio later."""
+        creds = self.access.lookup(request.project) if self.access else configured(self.settings)
+        deadline = time.monotonic() + self.settings.predict.budget_s
+        report = self.predict_tasks(
+            request.tasks, request.label_config, creds.files() if creds else None, deadline
+        )
+        metrics.predicted(report.predicted, report.elapsed, report.failed, report.unmapped)
+        rest = report.unfinished
+        if rest:
+            self._hand_off([request.tasks[i] for i in rest], request, creds, report)
+        return [r if r is not None else [] for r in report.results]
+
+    def _hand_off(
+        self,
+        tasks: list[dict[str, Any]],
+        request: PredictRequest,
+        creds: Credentials | None,
+        report: BatchReport,
+    ) -> None:
+        project = project_id(request.project)
+        if creds is None or not project or self.hand_off is None:
+            log.error(
+                "%d task(s) not predicted within %.0fs and no Label Studio URL to write them later; "
+                "set LABELLOOP_LABEL_STUDIO_URL/TOKEN",
+                len(tasks),
+                self.settings.predict.budget_s,
+            )
+            return
+        job = self.hand_off(tasks, request.label_config, int(project), creds)
+        metrics.handed_off(len(tasks))
+        log.info(
+            "predicted %d of %d task(s) in %.1fs; %d more go to background job %s",
+            report.predicted + sum(report.failed.values()),
+            len(request.tasks),
+            report.elapsed,
+            len(tasks),
+            job,
+        )
+
+    # ------------------------------------------------------------------ shared
+
     def predict_tasks(
         self,
         tasks: list[dict[str, Any]],
         label_config: str,
-        label_studio: LabelStudioAccess | None = None,
+        label_studio: LabelStudioFiles | None = None,
         deadline: float | None = None,
     ) -> BatchReport:
         """One prediction (or None when the deadline came first) per task, in task order.
@@ -121,7 +196,7 @@ class PredictionService:
         try:
             for i, outcome in enumerate(outcomes):
                 if outcome.item is None:
-                    kind = error_kind(outcome.error or "")
+                    kind = outcome.kind or ErrorKind.INTERNAL
                     report.failed[kind] = report.failed.get(kind, 0) + 1
                     log.warning("task %s: no prediction: %s", tasks[i].get("id"), outcome.error)
                     report.results[i] = {"result": [], "score": 0.0, "model_version": version}

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from labelloop.backend.inference.weights import resolve_weights
+from labelloop.backend.serving.gunicorn import run_gunicorn
 from labelloop.cli.common import ModelOpt, app, console, setup_logging
 from labelloop.settings import load_settings
 
@@ -29,11 +30,9 @@ def serve(
     setup_logging()
     settings = load_settings(model=model, host=host, port=port, http_workers=workers)
     weights = resolve_weights(settings)
-    settings = settings.with_(**{"model": weights})
-    from labelloop.backend.serving.gunicorn import run_gunicorn
-
+    settings = settings.with_(model=weights)
     child = None
-    if rq_worker:
+    if rq_worker:  # the worker inherits this terminal, and these settings
         env = {**os.environ, **settings.environment()}
         child = subprocess.Popen([sys.executable, "-m", "labelloop.cli", "worker"], env=env)
     try:
@@ -51,6 +50,9 @@ def serve(
 def worker(burst: Annotated[bool, typer.Option(help="exit when the queue is empty")] = False) -> None:
     """Run an rq worker for background predictions (any host that reaches Redis)."""
     setup_logging()
-    from labelloop.backend.serving.gunicorn import run_worker
+    settings = load_settings()
+    # lazy: the worker's imports bring in prometheus_client, which must not be imported before
+    # `serve` has set up its multiprocess directory (and they cost every other command seconds)
+    from labelloop.backend.jobs.worker import run_worker
 
-    run_worker(load_settings(), burst=burst)
+    run_worker(settings, burst=burst)

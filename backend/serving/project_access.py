@@ -1,0 +1,103 @@
+"""Which Label Studio a project's images live on, and the token that reads them.
+
+Label Studio sends its URL (``hostname``) and a token in every ``/setup``, and only the project in
+``/predict``: ``"<id>.<created timestamp>"``, the same string in both. The credentials are kept in
+Redis so that whichever gunicorn worker or host serves the next ``/predict`` can read the images,
+keyed by that project string AND the server URL (two Label Studio servers may both have a project
+3), and they expire after ``ttl_s`` without a ``/setup``. When Redis is unreachable this process's
+memory still serves what it was told. Configured settings (LABELLOOP_LABEL_STUDIO_URL/_TOKEN) win
+over what a request said.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+
+from labelloop.backend.inference.images import LabelStudioFiles
+from labelloop.connectors.labelstudio.auth import auth_header
+from labelloop.settings import Settings
+
+log = logging.getLogger(__name__)
+TTL_S = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A Label Studio server and a token for it."""
+
+    url: str
+    token: str | None = None
+
+    def files(self) -> LabelStudioFiles:
+        """Where the fetcher reads this server's files, with the auth header Label Studio wants
+        (a personal access token is exchanged for a short-lived one, renewed as needed)."""
+        url, token = self.url, self.token
+        return LabelStudioFiles(url, lambda: auth_header(token, url))
+
+
+def configured(settings: Settings) -> Credentials | None:
+    ls = settings.labelstudio
+    return Credentials(ls.url, ls.token) if ls.url else None
+
+
+def project_id(project: Any) -> str:
+    """Label Studio sends ``"<id>.<created timestamp>"``; the id is what its API needs."""
+    return str(project).split(".")[0] if project is not None else ""
+
+
+class ProjectAccess:
+    """Credentials per (project, server) as ``/setup`` reported them."""
+
+    def __init__(self, settings: Settings, ttl_s: float = TTL_S) -> None:
+        self.settings = settings
+        self.ttl_s = ttl_s
+        self._redis = Redis.from_url(settings.queue.redis_url, socket_connect_timeout=1, socket_timeout=2)
+        self._mem: dict[tuple[str, str], tuple[str | None, float]] = {}  # (project, url) -> (token, at)
+        self._lock = threading.Lock()
+
+    def _key(self, project: str) -> str:
+        return f"{self.settings.queue.prefix}:ls-access:{project}"
+
+    def remember(self, project: str, hostname: str | None, token: str | None) -> None:
+        if not hostname or not project:
+            return
+        url, now = hostname.rstrip("/"), time.time()
+        with self._lock:
+            self._mem[(project, url)] = (token, now)
+        try:
+            key = self._key(project)
+            pipe = self._redis.pipeline()
+            pipe.hset(key, url, json.dumps({"token": token, "at": now}))
+            pipe.expire(key, int(self.ttl_s))
+            pipe.execute()
+        except Exception as e:
+            log.debug("cannot store Label Studio access in Redis: %s", e)
+
+    def lookup(self, project: str) -> Credentials | None:
+        """The configured server, else the newest unexpired one that sent ``/setup`` for ``project``."""
+        fixed = configured(self.settings)
+        if fixed is not None:
+            return fixed
+        now = time.time()
+        with self._lock:
+            found = {url: v for (p, url), v in self._mem.items() if p == project}
+        try:
+            for url, raw in (self._redis.hgetall(self._key(project)) or {}).items():
+                value = json.loads(raw)
+                url = url.decode() if isinstance(url, bytes) else url
+                if value["at"] >= found.get(url, (None, 0.0))[1]:
+                    found[url] = (value.get("token"), float(value["at"]))
+        except Exception as e:
+            log.debug("cannot read Label Studio access from Redis: %s", e)
+        live = {url: v for url, v in found.items() if now - v[1] <= self.ttl_s}
+        if not live:
+            return None
+        url = max(live, key=lambda u: live[u][1])
+        return Credentials(url, live[url][0])

@@ -1,0 +1,52 @@
+"""Label Studio's webhook events, recorded for the sync to wake on.
+
+Label Studio's webhooks are synchronous with a ~1 s timeout and no retry, so an event is only a
+wake-up: it is pushed onto a bounded Redis list (``<prefix>:events``, newest first) and nothing
+else happens in the request; the sync's poll still finds every change without it. ``START_TRAINING``
+arrives here too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from redis import Redis
+
+from labelloop.backend.serving import metrics
+from labelloop.settings import Settings
+
+log = logging.getLogger(__name__)
+KEEP = 10_000
+
+
+def events_key(settings: Settings) -> str:
+    return f"{settings.queue.prefix}:events"
+
+
+class WebhookLog:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._redis = Redis.from_url(settings.queue.redis_url, socket_connect_timeout=1, socket_timeout=2)
+
+    def record(self, body: dict[str, Any]) -> str:
+        """Record one event; returns its action. A Redis outage is logged, never raised."""
+        action = str(body.get("action", "unknown"))
+        metrics.webhook(action)
+        project = body.get("project")
+        event = {
+            "action": action,
+            "project": project.get("id") if isinstance(project, dict) else project,
+            "received": time.time(),
+        }
+        try:
+            key = events_key(self.settings)
+            pipe = self._redis.pipeline()
+            pipe.lpush(key, json.dumps(event))
+            pipe.ltrim(key, 0, KEEP - 1)
+            pipe.execute()
+        except Exception as e:
+            log.warning("webhook %s not recorded (Redis: %s); the sync poll will still see it", action, e)
+        return action
