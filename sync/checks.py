@@ -287,7 +287,7 @@ def _images(
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             corrupt[e.item_sha] = f"does not decode ({type(exc).__name__})"
             continue
-        if tuple(size) != sizes[e.revision_id]:
+        if sizes[e.revision_id][0] and tuple(size) != sizes[e.revision_id]:
             w, h = sizes[e.revision_id]
             corrupt[e.item_sha] = f"image is {size[0]}x{size[1]}, annotated as {w}x{h}"
     out = []

@@ -26,6 +26,7 @@ export under its name. ``DIR`` must be absent or empty, or an earlier export (``
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -192,11 +193,16 @@ def export_version(
     kpt_shape = None
     try:
         for e in ents:
-            w, h = sizes[e.revision_id]
             rs = regs.get(e.revision_id, [])
             row = items.get(e.item_sha)
             sha = blob_sha(e.item_sha)
             data = blobs.get(sha) if e.item_sha not in missing else None
+            w, h = _size(sizes[e.revision_id], row, data)
+            if not (w and h):
+                raise DataError(
+                    f"item {e.item_sha[:12]}: image size unknown (no regions carried it and no bytes are "
+                    "stored); the sync fetches the bytes"
+                )
             ext = image_ext(data or b"", row.uri if row else None)
             fname = f"{e.item_sha}{ext}"
             if fmt == "yolo" and yolo_task == "classify":
@@ -273,6 +279,20 @@ def export_version(
         missing if fmt == "coco" else [],
         report.to_dict(),
     )
+
+
+def _size(annotated: tuple[int, int], row: Any, data: bytes | None) -> tuple[int, int]:
+    """The image size: as annotated, else the item's, else the bytes' (0x0 = unknown)."""
+    if annotated[0] and annotated[1]:
+        return annotated
+    if row is not None and row.width and row.height:
+        return int(row.width), int(row.height)
+    if data:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    return 0, 0
 
 
 def _write(path: Path, data: bytes | None) -> None:

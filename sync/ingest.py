@@ -64,7 +64,8 @@ from labelloop.types import ImageItem, Region, Source
 
 BATCH = 500
 META_KEYS = ("source_id", "timestamp", "camera", "scene", "video", "uploader")
-"""Seed metadata read from ``item.metadata`` into item columns (the rest stays in ``meta``)."""
+"""Seed metadata read from ``item.metadata`` into item columns; all of ``item.metadata`` (the
+platform's ids and fields) is kept with the revision, in ``extra["item_metadata"]``."""
 
 
 @dataclass
@@ -319,8 +320,11 @@ def _convert(target: Target, ann: PulledAnnotation, stamp: datetime) -> _Row:
         width, height = int(item.width), int(item.height)
     except (TypeError, ValueError):
         raise DataError(f"image size {item.width!r}x{item.height!r} is not a number") from None
-    if width <= 0 or height <= 0:
+    if width < 0 or height < 0 or ((width == 0 or height == 0) and width + height != 0):
         raise DataError(f"image size {width}x{height} is not positive")
+    if width == 0 and any(getattr(r, "geometry", None) is not None for r in item.regions):
+        # 0x0 = size unknown: fine for an empty or whole-image label, not for regions in pixels
+        raise DataError("image size 0x0 (unknown) but the annotation has regions; their pixels need the size")
     regions_text, _ = _regions_json(item.regions, "regions")
     prelabel_text = None
     extra = dict(ann.extra or {})
@@ -351,6 +355,9 @@ def _convert(target: Target, ann: PulledAnnotation, stamp: datetime) -> _Row:
                 ann.state,
                 ann.prelabel_id,
                 label_source,
+                key,  # the item it shows: a sha learnt later is a new state (it re-keys the task)
+                width,
+                height,
             ],
             default=str,
         ).encode()
@@ -394,17 +401,20 @@ def _convert(target: Target, ann: PulledAnnotation, stamp: datetime) -> _Row:
         "ingested_at": stamp,
     }
     meta = dict(item.metadata or {})
+    if meta:  # what the platform said with this state (its ids, fields): kept with the revision
+        extra_json = {**(extra_json or {}), "item_metadata": _plain_meta(meta)}
+        revision["extra"] = extra_json
     item_row = {
         "sha256": key,
         "placeholder": placeholder,
         "replaced_by": None,
         "uri": item.uri,
-        "width": width,
-        "height": height,
-        "size_bytes": _int_or_none(meta.pop("size_bytes", None) or meta.pop("size", None)),
+        "width": width or None,  # 0 = unknown: a later sighting fills it in
+        "height": height or None,
+        "size_bytes": _int_or_none(meta.get("size_bytes")),
         "group_id": None if item.group_id is None else str(item.group_id),
-        **{k: (None if meta.get(k) is None else str(meta.pop(k))) for k in META_KEYS},
-        "meta": _plain_meta(meta),
+        **{k: (None if meta.get(k) is None else str(meta[k])) for k in META_KEYS},
+        "meta": None,  # set by tools that import images with metadata of the image itself
         "first_seen": stamp,
     }
     return _Row(task_id, annotation_id, state_key, revision, item_row, item.uri or None, placeholder)
@@ -464,11 +474,11 @@ def _write_batch(
     # annotation pulled again with the same updated_at costs a dict lookup, not a conversion
     ids = list({str(a.annotation_id) for a in batch if a.annotation_id is not None})
     heads = {
-        a: (seq, state_key, deleted)
-        for a, seq, state_key, deleted in s.execute(
-            select(HeadRow.annotation_id, HeadRow.seq, HeadRow.state_key, HeadRow.deleted).where(
-                HeadRow.source_key == key, HeadRow.annotation_id.in_(ids)
-            )
+        a: (seq, state_key, deleted, content)
+        for a, seq, state_key, deleted, content in s.execute(
+            select(
+                HeadRow.annotation_id, HeadRow.seq, HeadRow.state_key, HeadRow.deleted, HeadRow.content_sha
+            ).where(HeadRow.source_key == key, HeadRow.annotation_id.in_(ids))
         )
     }
     new: list[_Row] = []
@@ -484,8 +494,9 @@ def _write_batch(
         if r is None:
             continue
         head = heads.get(r.annotation_id)
-        if head is not None and head[1] == r.state_key and not head[2]:
-            report.unchanged += 1
+        content = r.revision["content_sha"]
+        if head is not None and not head[2] and (head[1] == r.state_key or head[3] == content):
+            report.unchanged += 1  # the same state, or the same content under a newer stamp
             continue
         if head is not None and not head[2] and _older(r, head[1]):
             report.stale += 1
@@ -493,7 +504,7 @@ def _write_batch(
         seq = (head[0] if head else 0) + 1
         if head is None:
             fresh_heads.add(r.annotation_id)
-        heads[r.annotation_id] = (seq, r.state_key, False)
+        heads[r.annotation_id] = (seq, r.state_key, False, content)
         seqs[r.annotation_id] = seq
         r.revision["seq"] = seq
         new.append(r)
@@ -519,6 +530,7 @@ def _write_batch(
             "revision_id": rid,
             "seq": seqs[a],
             "state_key": r.state_key,
+            "content_sha": r.revision["content_sha"],
             "deleted": False,
         }
         for a, (rid, r) in latest.items()
@@ -536,6 +548,7 @@ def _write_batch(
                 revision_id=bindparam("b_rev"),
                 seq=bindparam("b_seq"),
                 state_key=bindparam("b_state"),
+                content_sha=bindparam("b_content"),
                 deleted=False,
             )
             .execution_options(synchronize_session=False),
@@ -547,6 +560,7 @@ def _write_batch(
                     "b_rev": h["revision_id"],
                     "b_seq": h["seq"],
                     "b_state": h["state_key"],
+                    "b_content": h["content_sha"],
                 }
                 for h in updates
             ],

@@ -195,6 +195,78 @@ def test_malformed_annotations_are_quarantined_and_the_rest_ingest(store: Store)
     assert ingest(store, LS, result([bad_size])).tombstoned == 0
 
 
+def test_unknown_size_is_fine_without_regions(store: Store) -> None:
+    """Label Studio reports the size only inside regions: an empty or cancelled annotation has 0x0."""
+    r = ingest(store, LS, result([
+        ann(1, 10, item=item([], sha=sha_of("e"), w=0, h=0)),
+        ann(2, 20, item=item([], sha=sha_of("c"), w=0, h=0), cancelled=True),
+        ann(3, 30, item=item([box("cat", 1, 1, 5, 5)], sha=sha_of("x"), w=0, h=0)),
+    ]))  # fmt: skip
+    assert (r.new_revisions, r.quarantined) == (2, 1)
+    assert "unknown" in r.reasons[0]
+    with store.session() as s:
+        assert s.get(ItemRow, sha_of("e")).width is None  # type: ignore[union-attr]
+    # a later sighting with regions fills the size in
+    ingest(store, LS, result([ann(1, 10, item=item([box("cat", 1, 1, 5, 5)], sha=sha_of("e"), w=64, h=48),
+                                  updated="2025-02-01T00:00:00Z")]))  # fmt: skip
+    with store.session() as s:
+        row = s.get(ItemRow, sha_of("e"))
+        assert (row.width, row.height) == (64, 48)  # type: ignore[union-attr]
+
+
+def test_same_content_under_a_newer_stamp_is_no_new_revision(store: Store) -> None:
+    """CVAT re-dates every frame of a changed job; frames whose shapes did not change stay put."""
+    frame = [box("cat", 1, 1, 5, 5)]
+    ingest(store, CVAT, result([ann("frame:0", "job:1:frame:0", frame, target=CVAT, stage="annotation")]))
+    r = ingest(store, CVAT, result([ann("frame:0", "job:1:frame:0", frame, target=CVAT, stage="annotation",
+                                        updated="2025-01-05T00:00:00Z")]))  # fmt: skip
+    assert (r.new_revisions, r.unchanged) == (0, 1)
+    # a stage change is a new state
+    r = ingest(store, CVAT, result([ann("frame:0", "job:1:frame:0", frame, target=CVAT, stage="validation",
+                                        updated="2025-01-06T00:00:00Z")]))  # fmt: skip
+    assert r.new_revisions == 1
+
+
+def test_upgrade_from_the_first_migration_keeps_data(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A store made at revision 0001 (data in it) is brought to head at open, heads backfilled."""
+    from alembic import command
+
+    from labelloop.sync.store.engine import _alembic_config, make_engine
+
+    if db_url.startswith("sqlite"):
+        db_url = f"sqlite:///{tmp_path / 'old.db'}"  # not the migrated template
+    engine = make_engine(db_url)
+    with engine.begin() as c:
+        if engine.dialect.name == "postgresql":
+            c.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+        cfg = _alembic_config()
+        cfg.attributes["connection"] = c
+        command.upgrade(cfg, "0001")
+        c.execute(
+            text(
+                "INSERT INTO sources (key, platform, url, container, passes) VALUES ('k', 'cvat', 'u', 1, 0)"
+            )
+        )
+        c.execute(text(
+            "INSERT INTO annotation_revisions (id, source_key, platform, container, task_id, annotation_id, seq, "
+            "state_key, cancelled, ground_truth, label_source, regions_json, n_regions, width, height, "
+            "content_sha, ingested_at) VALUES (1, 'k', 'cvat', 1, 't', 'a', 1, 's', false, false, 'human', "
+            "'[]', 0, 1, 1, 'c0ffee', '2025-01-01 00:00:00')"
+        ))  # fmt: skip
+        c.execute(text(
+            "INSERT INTO annotation_heads (source_key, annotation_id, task_id, revision_id, seq, state_key, "
+            "deleted) VALUES ('k', 'a', 't', 1, 1, 's', false)"
+        ))  # fmt: skip
+    engine.dispose()
+    store = Store.open(db_url, blob_root=str(tmp_path / "b"))
+    try:
+        assert current_revision(store.engine) == head_revision()
+        with store.session() as s:
+            assert s.get(HeadRow, ("k", "a")).content_sha == "c0ffee"  # type: ignore[union-attr]
+    finally:
+        store.close()
+
+
 def test_cursor_commits_with_the_data(store: Store) -> None:
     assert load_cursor(store, LS) is None
     ingest(store, LS, result([ann(1, 10)], cursor="c1"))
@@ -239,7 +311,10 @@ def test_items_keep_metadata_and_uris(store: Store) -> None:
     assert (row.group_id, row.source_id, row.camera, row.scene, row.video, row.uploader) == (
         "g1", "cam-feed", "c1", "s1", "v1", "bob",
     )  # fmt: skip
-    assert row.timestamp == "2025-01-01T10:00:00Z" and row.meta == {"frame": 3}
+    assert row.timestamp == "2025-01-01T10:00:00Z" and row.meta is None
+    with store.session() as s:
+        extra = s.execute(select(RevisionRow.extra).where(RevisionRow.annotation_id == "10")).scalar_one()
+    assert extra["item_metadata"] == meta  # all of it, with the state it came with
     assert uris == {"s3://b/x.jpg", "http://mirror/x.jpg"}
 
 
@@ -338,7 +413,11 @@ def test_concurrent_ingests_of_one_source_serialise(store: Store) -> None:
     def run(offset: int) -> None:
         try:
             for k in range(4):
-                anns = [ann(i, i, updated=f"2025-01-0{k + 1}T00:00:00Z") for i in range(offset, offset + 60)]
+                regions = [box("cat", 1, 1, 5 + k, 5)]
+                anns = [
+                    ann(i, i, regions, updated=f"2025-01-0{k + 1}T00:00:00Z")
+                    for i in range(offset, offset + 60)
+                ]
                 ingest(store, LS, result(anns))
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)

@@ -154,6 +154,7 @@ class HeadRow(Base):
     revision_id: Mapped[int] = mapped_column(BigInteger)
     seq: Mapped[int] = mapped_column(Integer)
     state_key: Mapped[str] = mapped_column(String(255))
+    content_sha: Mapped[str | None] = mapped_column(SHA)  # the head revision's (migration 0002)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
