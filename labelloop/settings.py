@@ -15,9 +15,9 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from labelloop.errors import ConfigError
 
@@ -82,31 +82,25 @@ class ServeSettings(Section):
     bearer_token: str | None = None
 
 
+ServerUrl = Annotated[str | None, AfterValidator(lambda v: v.rstrip("/") if v else v)]
+"""A server's base URL, kept without a trailing slash so paths join one way."""
+
+
 class LabelStudioSettings(Section):
     env_prefix: ClassVar[str] = "LABELLOOP_LABEL_STUDIO_"
-    url: str | None = None
+    url: ServerUrl = None
     token: str | None = None
     server_venv: Path | None = Field(None, description="venv with label-studio (tests, demo)")
     env_names: ClassVar[dict[str, str]] = {"server_venv": "LABELLOOP_LS_VENV"}
 
-    @field_validator("url")
-    @classmethod
-    def _strip_slash(cls, v: str | None) -> str | None:
-        return v.rstrip("/") if v else v
-
 
 class CvatSettings(Section):
     env_prefix: ClassVar[str] = "CVAT_"
-    url: str | None = None
+    url: ServerUrl = None
     user: str | None = None
     password: str | None = None
     access_token: str | None = None
     org: str | None = None
-
-    @field_validator("url")
-    @classmethod
-    def _strip_slash(cls, v: str | None) -> str | None:
-        return v.rstrip("/") if v else v
 
 
 class QueueSettings(Section):

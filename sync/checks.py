@@ -227,28 +227,18 @@ def _geometry(
                 outside[e.item_sha] = o
             if d and e.item_sha not in degenerate:
                 degenerate[e.item_sha] = d
-    out = []
-    if outside:
-        first = next(iter(outside.values()))
-        out.append(
-            Finding(
-                "box_outside",
-                ERROR,
-                f"{len(outside)} items have regions outside the image (e.g. {first})",
-                sorted(outside),
-            )
-        )
-    if degenerate:
-        first = next(iter(degenerate.values()))
-        out.append(
-            Finding(
-                "degenerate",
-                ERROR,
-                f"{len(degenerate)} items have degenerate regions (e.g. {first})",
-                sorted(degenerate),
-            )
-        )
-    return out
+    return [
+        *_per_item("box_outside", outside, "items have regions outside the image"),
+        *_per_item("degenerate", degenerate, "items have degenerate regions"),
+    ]
+
+
+def _per_item(name: str, problems: dict[str, str], what: str) -> list[Finding]:
+    """One error naming every item with this problem, and the first item's detail as an example."""
+    if not problems:
+        return []
+    first = next(iter(problems.values()))
+    return [Finding(name, ERROR, f"{len(problems)} {what} (e.g. {first})", sorted(problems))]
 
 
 def _resolve(sha: str, items: dict[str, ItemRow]) -> str:
@@ -290,17 +280,7 @@ def _images(
         if sizes[e.revision_id][0] and tuple(size) != sizes[e.revision_id]:
             w, h = sizes[e.revision_id]
             corrupt[e.item_sha] = f"image is {size[0]}x{size[1]}, annotated as {w}x{h}"
-    out = []
-    if corrupt:
-        first = next(iter(corrupt.values()))
-        out.append(
-            Finding(
-                "image_corrupt",
-                ERROR,
-                f"{len(corrupt)} image files are corrupt (e.g. {first})",
-                sorted(corrupt),
-            )
-        )
+    out = _per_item("image_corrupt", corrupt, "image files are corrupt")
     if missing:
         out.append(
             Finding(
