@@ -21,6 +21,7 @@ class ErrorKind(StrEnum):
     REMOTE_DOWN = "remote_down"  # unreachable, 5xx, timeouts: retrying may help
     DATA = "data"  # malformed annotation or dataset content
     STORE = "store"  # the metadata database or blob store failed
+    CANCELLED = "cancelled"  # a long job stopped on request (never retried)
     INTERNAL = "internal"  # a bug: anything not classified above
 
 
@@ -67,6 +68,18 @@ class StoreError(LabelloopError):
     """The dataset store (database or blobs) failed."""
 
     default_kind = ErrorKind.STORE
+
+
+class RegistryError(LabelloopError):
+    """The experiment tracker or model registry (MLflow) refused or failed a request."""
+
+    default_kind = ErrorKind.REMOTE_DOWN
+
+
+class TrainingCancelled(LabelloopError):
+    """A training stopped on request between epochs; nothing it made is promoted."""
+
+    default_kind = ErrorKind.CANCELLED
 
 
 class RemoteError(LabelloopError):

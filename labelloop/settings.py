@@ -150,8 +150,9 @@ class TrainSettings(Section):
     imgsz: int = Field(320, ge=32)
     batch: int = Field(8, ge=1)
     seed: int = 0
-    base_weights: Path | None = None
-    model_line: str = "labelloop"
+    base_weights: Path | None = Field(None, description="fine-tune from these when the line has no champion")
+    model_line: str = Field("labelloop", description="the registered model (MLflow) this training feeds")
+    device: str = Field("auto", description="'auto' (GPU when present), 'cpu', '0', ...")
 
 
 class GateSettings(Section):
@@ -160,6 +161,12 @@ class GateSettings(Section):
     max_class_drop: float = Field(0.05, ge=0)
     max_latency_ms: float | None = None
     floor_map50_95: float = Field(0.05, ge=0, le=1)
+
+
+class RegistrySettings(Section):
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking/registry URI; default: sqlite:///<data dir>/mlflow/mlflow.db"
+    )
 
 
 class SelectSettings(Section):
@@ -187,6 +194,7 @@ class Settings(BaseModel):
     trigger: TriggerSettings = Field(default_factory=TriggerSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     gate: GateSettings = Field(default_factory=GateSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
     select: SelectSettings = Field(default_factory=SelectSettings)
 
     @model_validator(mode="before")

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 from rich.console import Console
 
 from labelloop.backend.inference.epoch_progress import EpochProgress
-from labelloop.backend.inference.yolo_env import ensure_yolo_env
+from labelloop.backend.inference.yolo_env import ensure_yolo_env, without_ultralytics_mlflow
 from labelloop.fsutil import atomic_write, file_lock
 
 CLASSES = ("circle", "square", "triangle")
@@ -103,11 +103,8 @@ def build_demo_model(
         if target.exists():  # another process built it while we waited
             return target
         from ultralytics import YOLO  # lazy: importing Ultralytics costs seconds
-        from ultralytics.utils import SETTINGS
 
-        # Ultralytics' own MLflow integration would start a store in the working directory (mlflow
-        # is installed for the registry); labelloop records its runs explicitly
-        SETTINGS.update({"mlflow": False})
+        without_ultralytics_mlflow()
         with tempfile.TemporaryDirectory(prefix="labelloop-demo-") as tmp:
             data = write_shapes_dataset(
                 Path(tmp) / "data",

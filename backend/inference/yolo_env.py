@@ -16,3 +16,13 @@ def ensure_yolo_env(cache_dir: Path | None = None) -> None:
         if var not in os.environ:
             (base / sub).mkdir(parents=True, exist_ok=True)
             os.environ[var] = str(base / sub)
+
+
+def without_ultralytics_mlflow() -> None:
+    """Turn off Ultralytics' own MLflow callback (call after importing ultralytics): mlflow is
+    installed for the registry, and that callback would start a store in the working directory;
+    labelloop records its runs itself."""
+    from ultralytics.utils import SETTINGS
+
+    if SETTINGS.get("mlflow") is not False:
+        SETTINGS.update({"mlflow": False})
