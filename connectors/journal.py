@@ -35,7 +35,13 @@ class PushJournal:
             d = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"push journal {path} is unreadable ({e}); move it away to start over") from e
-        if d.get("scope") != scope:
+        old = d.get("scope") or {}
+        if "created" in scope and old.get("created") != scope["created"] and _same_but_created(old, scope):
+            # the container was deleted and its id handed out again (a reinstalled server): what
+            # this journal lists is not on the new one, so it is set aside and the push starts over
+            path.replace(path.with_suffix(f".stale-{int(time.time())}.json"))
+            return cls(path, dict(scope))
+        if old != scope:
             raise ConfigError(
                 f"push journal {path} belongs to {d.get('scope')}, not {scope}; "
                 "use another journal file (--journal) or delete this one"
@@ -61,3 +67,8 @@ class PushJournal:
             "log": self.log[-1000:],
         }
         atomic_write(self.path, json.dumps(d))
+
+
+def _same_but_created(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    keys = (set(old) | set(new)) - {"created"}
+    return all(old.get(k) == new.get(k) for k in keys)

@@ -154,6 +154,7 @@ class PulledAnnotation:
     prelabel_model_version: str | None = None
     prelabel: list[Any] | None = None  # list[Region] of that prediction
     extra: dict[str, Any] = field(default_factory=dict)  # platform detail kept for provenance
+    error: str | None = None  # the platform's record could not be converted: the sync quarantines it
 
 
 @dataclass
@@ -243,11 +244,12 @@ class LabelingPlatform(Protocol):
         field_name: str | None,
         view: str | None,
         by_prelabel_score: bool = False,
+        below: float | None = None,
     ) -> PriorityReport:
         """Write a per-item number (item id -> score) where people sort work (LS: task data field
-        + a saved view ordered by it, ascending); ``by_prelabel_score`` says the scores are the
-        prelabels' own, so the view may sort by those instead. CVAT: as far as its API allows
-        (see its platform)."""
+        + a saved view ordered by it, ascending, showing only items whose field is under ``below``
+        when given); ``by_prelabel_score`` says the scores are the prelabels' own, so the view may
+        sort by those instead. CVAT: as far as its API allows (see its platform)."""
         ...
 
     def close(self) -> None: ...

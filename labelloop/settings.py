@@ -136,6 +136,12 @@ class SyncSettings(Section):
     interval_s: float = Field(30.0, gt=0, description="seconds between polls (webhooks wake it early)")
     snapshot_min_changes: int = Field(50, ge=1, description="changed items that make a new version")
     agreement_threshold: float = Field(0.7, ge=0, le=1, description="below this, annotators disagree")
+    reconcile_interval_s: float = Field(
+        300.0, ge=0, description="seconds between passes that list every task id to find deletions"
+    )
+    agreement_field: str = Field(
+        "annotator_agreement", description="Label Studio task field the annotators' F1 is written to"
+    )
 
 
 class TriggerSettings(Section):

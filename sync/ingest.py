@@ -311,6 +311,8 @@ def _short(value: Any, n: int = 64) -> str | None:
 
 
 def _convert(target: Target, ann: PulledAnnotation, stamp: datetime) -> _Row:
+    if getattr(ann, "error", None):
+        raise DataError(str(ann.error))
     task_id = _text_id(ann.task_id, "task id")
     annotation_id = _text_id(ann.annotation_id, "annotation id")
     item = ann.item
@@ -676,7 +678,7 @@ def _quarantine_row(
     try:
         payload = json.dumps(
             {k: getattr(ann, k, None) for k in ("task_id", "annotation_id", "updated_at", "annotator")}
-            | {"item": repr(getattr(ann, "item", None))[:2000]},
+            | {"item": repr(getattr(ann, "item", None))[:2000], "extra": getattr(ann, "extra", None)},
             default=str,
         )
     except Exception:

@@ -441,3 +441,40 @@ def new_verified(s: Session, since: str | None, until: str | None = None) -> lis
     if since is not None:
         before = {e.item_sha for e in entries(s, get_version(s, since).id) if e.verified}
     return sorted(now_verified - before)
+
+
+@dataclass(frozen=True)
+class PendingLabels:
+    """Human-verified items the champion has not been trained on, and when the oldest was labelled."""
+
+    items: list[str]
+    oldest_at: datetime | None  # naive UTC
+
+    def age_h(self, now: datetime | None = None) -> float | None:
+        if self.oldest_at is None:
+            return None
+        return ((now or utcnow()) - self.oldest_at).total_seconds() / 3600
+
+
+def pending_labels(s: Session, since: str | None) -> PendingLabels:
+    """What the retrain trigger weighs: :func:`new_verified` of the store now against ``since`` (the
+    version the current model was trained on), with the label time of the oldest (the platform's
+    updated time, else when it was pulled)."""
+    manifest = compute_manifest(s, with_counts=False)
+    now_verified = {e.item_sha: e.revision_id for e in manifest.entries if e.verified}
+    if since is not None:
+        for e in entries(s, get_version(s, since).id):
+            if e.verified:
+                now_verified.pop(e.item_sha, None)
+    if not now_verified:
+        return PendingLabels([], None)
+    oldest: datetime | None = None
+    ids = sorted(now_verified.values())
+    for lo in range(0, len(ids), 500):
+        q = select(func.min(func.coalesce(RevisionRow.updated_ts, RevisionRow.ingested_at))).where(
+            RevisionRow.id.in_(ids[lo : lo + 500])
+        )
+        t = s.execute(q).scalar()
+        if t is not None and (oldest is None or t < oldest):
+            oldest = t
+    return PendingLabels(sorted(now_verified), oldest)

@@ -87,7 +87,27 @@ def test_second_server_with_the_same_task_id_gets_its_own_journal(
         assert a.where["journal"] != b.where["journal"]
         assert a.counts["pushed_frames"] == b.counts["pushed_frames"] == 3
         assert json.loads(Path(b.where["journal"]).read_text())["scope"]["server"] == other.url
-        PushJournal.load(Path(a.where["journal"]), {"server": peer.url, "task_id": a.where["task"]})
+        scope = json.loads(Path(a.where["journal"]).read_text())["scope"]
+        assert scope["server"] == peer.url and scope["task_id"] == a.where["task"] and scope["created"]
+
+
+def test_journal_of_a_deleted_container_with_the_same_id_is_set_aside(tmp_path: Path) -> None:
+    """A reinstalled server (or a new one on a reused port) hands out task 1 again: the journal of
+    the old task 1 must not make the push skip frames the new task has never seen. This is what
+    failed in CI when a test peer got the port an earlier run's peer had used."""
+    path = tmp_path / "j.json"
+    scope = {"server": "http://127.0.0.1:5000", "task_id": 1, "created": "2026-01-01T00:00:00Z"}
+    old = PushJournal.load(path, scope)
+    old.commit([0, 1, 2])
+    again = PushJournal.load(path, scope)
+    assert again.done == {0, 1, 2}  # the same task: resume
+    fresh = PushJournal.load(path, {**scope, "created": "2026-02-01T00:00:00Z"})
+    assert fresh.done == set() and not path.exists()  # a new task under the old id: start over
+    (stale,) = tmp_path.glob("j.stale-*.json")
+    assert json.loads(stale.read_text())["done"] == [0, 1, 2]  # set aside, not deleted
+    fresh.commit([0])
+    with pytest.raises(ConfigError, match="belongs to"):
+        PushJournal.load(path, {**scope, "server": "http://other:8080"})  # another server: refuse
 
 
 def test_cvat_rerun_without_task_reuses_the_task(

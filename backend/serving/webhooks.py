@@ -1,14 +1,12 @@
 """Label Studio's webhook events, recorded for the sync to wake on.
 
 Label Studio's webhooks are synchronous with a ~1 s timeout and no retry, so an event is only a
-wake-up: it is pushed onto a bounded Redis list (``<prefix>:events``, newest first) and nothing
-else happens in the request; the sync's poll still finds every change without it. ``START_TRAINING``
-arrives here too.
+wake-up (see :mod:`labelloop.sync.events`) and nothing else happens in the request; the sync's
+poll still finds every change without it. ``START_TRAINING`` arrives here too.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -17,13 +15,9 @@ from redis import Redis
 
 from labelloop.backend.serving import metrics
 from labelloop.settings import Settings
+from labelloop.sync.events import record_event
 
 log = logging.getLogger(__name__)
-KEEP = 10_000
-
-
-def events_key(settings: Settings) -> str:
-    return f"{settings.queue.prefix}:events"
 
 
 class WebhookLog:
@@ -42,11 +36,7 @@ class WebhookLog:
             "received": time.time(),
         }
         try:
-            key = events_key(self.settings)
-            pipe = self._redis.pipeline()
-            pipe.lpush(key, json.dumps(event))
-            pipe.ltrim(key, 0, KEEP - 1)
-            pipe.execute()
+            record_event(self._redis, self.settings, event)
         except Exception as e:
             log.warning("webhook %s not recorded (Redis: %s); the sync poll will still see it", action, e)
         return action

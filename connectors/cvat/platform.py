@@ -216,6 +216,7 @@ class CvatPlatform:
         field_name: str | None,
         view: str | None,
         by_prelabel_score: bool = False,
+        below: float | None = None,
         progress: Progress | None = None,
     ) -> PriorityReport:
         """What CVAT 2.73's API allows: nothing is written. Tasks and jobs have no custom field, and

@@ -135,19 +135,28 @@ def _job_annotations(
     updated = iso(j.updated_date)
     is_gt = value(j.type) == "ground_truth"
     by_frame: dict[int, list[Region]] = {f: [] for f in sorted(job_frame_set)}
+    unusable: dict[int, str] = {}  # frame -> why one of its objects cannot be read
     for kind in ("shapes", "tags"):
         for obj in getattr(data, kind):
             d = obj.to_dict()
             f = int(d["frame"])
             meta = task_frames[f] if f < len(task_frames) else None
-            regions = fmt.cvat_to_regions(
-                [d] if kind == "shapes" else [],
-                [d] if kind == "tags" else [],
-                labels.names,
-                width=meta.width if meta else None,
-                height=meta.height if meta else None,
-                attribute_names=labels.attribute_names,
-            )
+            try:
+                regions = fmt.cvat_to_regions(
+                    [d] if kind == "shapes" else [],
+                    [d] if kind == "tags" else [],
+                    labels.names,
+                    width=meta.width if meta else None,
+                    height=meta.height if meta else None,
+                    attribute_names=labels.attribute_names,
+                )
+            except Exception as e:
+                unusable.setdefault(
+                    f,
+                    f"{kind[:-1]} {d.get('id')} on frame {f} of job {j.id} cannot be read "
+                    f"({type(e).__name__}: {e}); fix it in CVAT",
+                )
+                continue
             by_frame.setdefault(f, []).extend(
                 r.with_(
                     provenance=replace(
@@ -185,6 +194,7 @@ def _job_annotations(
                 stage=stage,
                 state=value(j.state),
                 extra={"job_type": value(j.type)},
+                error=unusable.get(f),
             )
         )
     return out

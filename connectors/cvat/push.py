@@ -51,7 +51,7 @@ def push_prelabels(
             "Add them to the task/project or map them with label_map; nothing was written"
         )
     placed = _frames_of(client, task_id, items)
-    scope = {"server": client.url, "task_id": task_id}
+    scope = {"server": client.url, "task_id": task_id, "created": info.created}
     state = PushJournal.load(journal, scope) if journal else None
     if state and state.in_flight:
         _reconcile(client, task_id, state)

@@ -36,6 +36,7 @@ class TaskLabels:
     names: dict[int, str]  # every label id, skeleton sublabels too -> name
     attribute_ids: dict[str, dict[str, int]]  # label name -> attribute name -> spec id
     attribute_names: dict[int, str]  # spec id -> attribute name
+    created: str | None = None  # the task's created_date: a reinstalled CVAT reuses task ids
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,8 @@ def delete_tasks(client: CvatClient, ids: Sequence[int]) -> None:
 def task_labels(client: CvatClient, task_id: int) -> TaskLabels:
     task = client.call(f"read task {task_id}", lambda: client.sdk.tasks.retrieve(task_id))
     labels = client.call(f"read labels of task {task_id}", task.get_labels)
-    out = TaskLabels({}, {}, {}, {})
+    created = getattr(task, "created_date", None)
+    out = TaskLabels({}, {}, {}, {}, created.isoformat() if hasattr(created, "isoformat") else created)
     for lb in labels:
         if not getattr(lb, "parent_id", None):
             out.ids[lb.name] = lb.id

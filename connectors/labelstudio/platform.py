@@ -232,11 +232,13 @@ class LabelStudioPlatform:
         field_name: str | None,
         view: str | None,
         by_prelabel_score: bool = False,
+        below: float | None = None,
         progress: Progress | None = None,
     ) -> PriorityReport:
         """``scores`` into each task's ``data[field_name]`` (None: no field) and a saved Data
         Manager view ``view`` ordered ascending, by that field or, with ``by_prelabel_score``, by
-        the prediction score of the project's model_version (no field needed)."""
+        the prediction score of the project's model_version (no field needed); with ``below``, the
+        view shows only tasks whose field is under it."""
         written = 0
         if field_name:
             values = {int(k): {field_name: v} for k, v in scores.items() if v is not None}
@@ -249,5 +251,6 @@ class LabelStudioPlatform:
             ordering = (
                 projects.PRELABEL_SCORE if by_prelabel_score else projects.data_ordering(field_name or "")
             )
-            view_id = projects.ensure_view(self.client, container, view, [ordering])
+            shown = projects.field_below(field_name, below) if field_name and below is not None else None
+            view_id = projects.ensure_view(self.client, container, view, [ordering], filters=shown)
         return PriorityReport(container, written, view_id)

@@ -54,15 +54,27 @@ def retrieve_predictions(client: LabelStudioClient, project: int) -> dict:
     )
 
 
-def ensure_view(client: LabelStudioClient, project: int, title: str, ordering: list[str]) -> int:
-    """The saved Data Manager tab ``title`` ordered by ``ordering``, made once per project (an
-    existing tab of that title is kept as the user left it)."""
+def ensure_view(
+    client: LabelStudioClient,
+    project: int,
+    title: str,
+    ordering: list[str],
+    *,
+    filters: dict[str, Any] | None = None,
+) -> int:
+    """The saved Data Manager tab ``title`` ordered by ``ordering`` (and narrowed by ``filters``),
+    made once per project (an existing tab of that title is kept as the user left it)."""
     views = client.request("GET", "/api/dm/views", params={"project": project}) or []
     for v in views:
         if (v.get("data") or {}).get("title") == title:
             return int(v["id"])
     data = client.request(
-        "POST", "/api/dm/views", json={"project": project, "data": {"title": title, "ordering": ordering}}
+        "POST",
+        "/api/dm/views",
+        json={
+            "project": project,
+            "data": {"title": title, "ordering": ordering, **({"filters": filters} if filters else {})},
+        },
     )
     return int(data["id"])
 
@@ -70,6 +82,21 @@ def ensure_view(client: LabelStudioClient, project: int, title: str, ordering: l
 def create_uncertainty_view(client: LabelStudioClient, project: int, title: str = UNCERTAINTY_VIEW) -> int:
     """The tab ordered by prediction score ascending: least confident first."""
     return ensure_view(client, project, title, [PRELABEL_SCORE])
+
+
+def field_below(field_name: str, value: float) -> dict[str, Any]:
+    """A Data Manager filter: the task data field is a number under ``value``."""
+    return {
+        "conjunction": "and",
+        "items": [
+            {
+                "filter": f"filter:tasks:data.{field_name}",
+                "operator": "less",
+                "type": "Number",
+                "value": value,
+            }
+        ],
+    }
 
 
 def data_ordering(field_name: str) -> str:

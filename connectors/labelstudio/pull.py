@@ -14,6 +14,7 @@ from ``/api/version`` and a Community server yields a note instead of errors.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import UTC, timedelta
 from typing import Any
@@ -79,7 +80,10 @@ def pull_changes(
         present[str(tid)] = [str(a["id"]) for a in anns]
         for ann in anns:
             reviews = trail.get(int(ann["id"]), []) if reviews_available else None
-            annotations.append(_annotation(project, tid, data, key, ann, preds, reviews, users))
+            try:
+                annotations.append(_annotation(project, tid, data, key, ann, preds, reviews, users))
+            except Exception as e:
+                annotations.append(_unusable(project, tid, ann, e))
     notes = (
         []
         if reviews_available
@@ -168,6 +172,31 @@ def _annotation(
         extra={
             k: meta[k] for k in ("parent_annotation", "updated_by", "last_action", "reviews") if k in meta
         },
+    )
+
+
+def _unusable(project: int, tid: int, ann: Mapping[str, Any], e: Exception) -> PulledAnnotation:
+    """An annotation whose result cannot be read: carried with its reason (the first region that
+    fails, with its value) and raw result, so the sync quarantines it and a person can fix it in
+    Label Studio while the rest of the pull goes on."""
+    what = f"{type(e).__name__}: {e}"
+    for r in ann.get("result") or []:
+        try:
+            ls_to_regions([r], Provenance(source=Source.HUMAN))
+        except Exception as one:
+            what = f"region {r.get('id')} ({r.get('type')}) {json.dumps(r.get('value'))[:300]}: {one}"
+            break
+    return PulledAnnotation(
+        platform="labelstudio",
+        container=project,
+        task_id=str(tid),
+        annotation_id=str(ann.get("id")),
+        item=ImageItem(uri="", width=0, height=0, metadata={"ls_project": project, "ls_task_id": tid}),
+        updated_at=ann.get("updated_at"),
+        created_at=ann.get("created_at"),
+        cancelled=bool(ann.get("was_cancelled")),
+        extra={"raw_result": ann.get("result")},
+        error=f"annotation {ann.get('id')} of task {tid} cannot be read: {what}; fix it in Label Studio",
     )
 
 
