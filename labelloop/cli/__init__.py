@@ -5,7 +5,17 @@ from __future__ import annotations
 
 import sys
 
-from labelloop.cli import bench, dataset, demo, prelabel, pull, serve, sync  # noqa: F401  (they register commands)
+from labelloop.cli import (  # noqa: F401  (they register commands)
+    bench,
+    dataset,
+    demo,
+    models,
+    prelabel,
+    pull,
+    serve,
+    sync,
+    train,
+)
 from labelloop.cli.common import app
 from labelloop.errors import LabelloopError
 
