@@ -194,3 +194,21 @@ def test_cli_train_and_models_json(settings: Settings, first, version: str, root
     # a user error is one line, exit 2 (through the real entry point)
     res = runner.invoke(app, ["models", "show", "99"], env=env)
     assert res.exit_code != 0 and "has no version 99" in str(res.exception)
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LABELLOOP_CACHE_DIR": str(tmp_path)}
+    for args in (["models", "rollback"], ["models", "show", "x"], ["train", "--version", "head"]):
+        res = subprocess.run(
+            [sys.executable, "-m", "labelloop.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
+        assert res.returncode == 2 and len(errors) == 1 and "Traceback" not in res.stderr, res.stderr

@@ -66,16 +66,17 @@ class _EpochBar:
             TimeRemainingColumn(),
             console=console,
         )
-        self.progress.start()
         self.task: Any = None
         return self
 
     def __call__(self, p: Any) -> None:
-        if self.task is None:
+        if self.task is None:  # started on the first report: an early error prints alone
+            self.progress.start()
             self.task = self.progress.add_task("train", total=p.epochs, stage=p.stage, note="")
         map50 = p.metrics.get("val/mAP50")
         note = f"mAP50 {map50:.3f}" if map50 is not None else ""
         self.progress.update(self.task, completed=p.epoch, stage=p.stage, **({"note": note} if note else {}))
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        if self.task is not None:
+            self.progress.stop()
