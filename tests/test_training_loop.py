@@ -51,7 +51,7 @@ def test_first_model_of_a_line_promoted_over_the_floor(settings: Settings, first
     assert outcome.promoted and outcome.version == 1 and outcome.model_version == "shapes-v1"
     assert outcome.parent is None and "first model of the line" in outcome.reason
     ch = outcome.decision.challenger
-    assert ch is not None and ch.map50_95 >= settings.gate.floor_map50_95 and ch.latency_ms > 0
+    assert ch.map50_95 >= settings.gate.floor_map50_95 and ch.latency_ms > 0
     assert set(ch.per_class) <= {"circle", "square", "triangle"} and ch.per_class
     # progress: export, one report per epoch over both stages, then eval / register / done
     epochs = [p for p in seen if p.metrics]
@@ -113,7 +113,7 @@ def test_eval_of_a_real_model_on_the_val_split(settings: Settings, first) -> Non
     m = evaluate(champ.weights, Path(rep.out) / "data.yaml", imgsz=96)
     assert 0 <= m.map50_95 <= m.map50 <= 1 and 0 <= m.precision <= 1 and 0 <= m.recall <= 1
     # the same model on the same split measures as the gate measured it
-    assert m.map50_95 == pytest.approx(outcome.decision.challenger.map50_95, abs=1e-6)  # type: ignore[union-attr]
+    assert m.map50_95 == pytest.approx(outcome.decision.challenger.map50_95, abs=1e-6)
 
 
 def test_worse_challenger_rejected_then_promote_and_rollback(settings: Settings, first, version: str) -> None:  # type: ignore[no-untyped-def]

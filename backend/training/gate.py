@@ -46,10 +46,10 @@ class EvalMetrics:
 class GateDecision:
     promote: bool
     reason: str  # one line: the failed rules, or the rules passed
+    challenger: EvalMetrics
+    champion: EvalMetrics | None = None
     failed: list[str] = field(default_factory=list)
     passed: list[str] = field(default_factory=list)
-    challenger: EvalMetrics | None = None
-    champion: EvalMetrics | None = None
     rules: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,4 +161,4 @@ def decide(challenger: EvalMetrics, champion: EvalMetrics | None, rules: GateSet
         )
     promote = not failed
     reason = ("promoted: " + "; ".join(passed)) if promote else ("rejected: " + "; ".join(failed))
-    return GateDecision(promote, reason, failed, passed, challenger, champion, rules.model_dump(mode="json"))
+    return GateDecision(promote, reason, challenger, champion, failed, passed, rules.model_dump(mode="json"))

@@ -22,7 +22,6 @@ def model_card(
     timings: dict[str, float],
     code_version: str,
 ) -> dict[str, Any]:
-    ch = decision.challenger
     return {
         "line": line,
         "model_version": model_version,
@@ -34,7 +33,7 @@ def model_card(
         "classes": result.names,
         "images": result.images,
         "recipe": result.recipe.params(),
-        "metrics": ch.to_dict() if ch else None,
+        "metrics": decision.challenger.to_dict(),
         "champion_metrics": decision.champion.to_dict() if decision.champion else None,
         "gate": {
             "promote": decision.promote,

@@ -27,6 +27,7 @@ from labelloop.backend.training.trainer import (
     CancelFn,
     ProgressFn,
     TrainProgress,
+    TrainResult,
     default_base_weights,
     train_version,
 )
@@ -134,53 +135,16 @@ def run_training(
             on_progress(TrainProgress(stage, recipe.epochs, recipe.epochs, seconds=time.monotonic() - t0))
 
         report("eval")
-        device = pick_device(settings.train.device)
-        challenger = evaluate(
-            result.best, result.data_yaml, imgsz=recipe.imgsz, device=device, workdir=workdir
-        )
-        timings["eval"] = challenger.seconds
-        champ_metrics: EvalMetrics | None = None
-        note = ""
-        if parent is not None and parent.weights is not None:
-            champ_names = model_names(parent.weights)
-            if champ_names == result.names:
-                champ_metrics = evaluate(
-                    parent.weights, result.data_yaml, imgsz=recipe.imgsz, device=device, workdir=workdir
-                )
-                timings["eval_champion"] = champ_metrics.seconds
-            else:
-                note = (
-                    f" (champion {parent.model_version} knows other classes {champ_names}, this version "
-                    f"has {result.names}: judged on the floor)"
-                )
-        decision = decide(challenger, champ_metrics, settings.gate)
-        if note:
-            decision = dataclasses.replace(decision, reason=decision.reason + note)
-        tracking.log_metrics(settings, run_id, _flat("eval", challenger), step=recipe.epochs)
-        if champ_metrics is not None:
-            tracking.log_metrics(settings, run_id, _flat("champion", champ_metrics), step=recipe.epochs)
+        decision = judge(settings, result, parent, timings, workdir)
+        tracking.log_metrics(settings, run_id, _flat("eval", decision.challenger), step=recipe.epochs)
+        if decision.champion is not None:
+            tracking.log_metrics(settings, run_id, _flat("champion", decision.champion), step=recipe.epochs)
         _check(cancel, "after evaluation")
 
         report("register")
         t_art = time.monotonic()
-        weights_dir = workdir / "artifacts" / lines.WEIGHTS_DIR
-        weights_dir.mkdir(parents=True)
-        shutil.copy(result.best, weights_dir / "best.pt")
-        shutil.copy(result.last, weights_dir / "last.pt")
-        try:
-            shutil.copy(
-                onnx_export(result.best, recipe.imgsz, settings.cache_dir), weights_dir / "model.onnx"
-            )
-        except ModelError as e:  # the PyTorch weights still serve; say so on the run
-            log.warning("ONNX export of the new model failed: %s", e)
-            tracking.set_tags(settings, run_id, {"labelloop.onnx_error": str(e)})
-        timings["onnx"] = time.monotonic() - t_art
-        for f in sorted(weights_dir.iterdir()):
-            tracking.log_artifact(settings, run_id, f, lines.WEIGHTS_DIR)
-        tracking.log_artifact(settings, run_id, result.results_csv)
-        args_json = workdir / "artifacts" / "trainer_args.json"
-        args_json.write_text(json.dumps(result.stage_args, indent=1, default=str))
-        tracking.log_artifact(settings, run_id, args_json)
+        _log_model_files(settings, run_id, result, workdir / "artifacts")
+        timings["artifacts"] = time.monotonic() - t_art
         _check(cancel, "before registering")
         ref = lines.register(
             settings,
@@ -192,7 +156,7 @@ def run_training(
                 lines.TAG_PARENT: parent.model_version if parent else "",
                 lines.TAG_GATE: "promoted" if decision.promote else "rejected",
                 lines.TAG_REASON: decision.reason,
-                lines.TAG_MAP: f"{challenger.map50_95:.4f}",
+                lines.TAG_MAP: f"{decision.challenger.map50_95:.4f}",
                 "labelloop.classes": json.dumps(result.names),
             },
         )
@@ -201,7 +165,7 @@ def run_training(
             _check(cancel, "before promoting")
             lines.promote(settings, line, ref.version, reason=decision.reason)
             promoted = True
-        timings["register"] = time.monotonic() - t_art
+        timings["register"] = time.monotonic() - t_art - timings["artifacts"]
         timings["total"] = time.monotonic() - t0
         card = model_card(
             line=line,
@@ -256,6 +220,56 @@ def run_training(
             shutil.rmtree(workdir, ignore_errors=True)
         if own_store:
             store.close()
+
+
+def judge(
+    settings: Settings,
+    result: TrainResult,
+    parent: lines.ModelRef | None,
+    timings: dict[str, float],
+    workdir: Path,
+) -> GateDecision:
+    """Measure the new model and the champion on the same val split, and let the gate decide. A
+    champion that knows other classes than this version cannot be compared: the floor judges."""
+    device = pick_device(settings.train.device)
+    imgsz = result.recipe.imgsz
+    challenger = evaluate(result.best, result.data_yaml, imgsz=imgsz, device=device, workdir=workdir)
+    timings["eval"] = challenger.seconds
+    champ: EvalMetrics | None = None
+    note = ""
+    if parent is not None and parent.weights is not None:
+        champ_names = model_names(parent.weights)
+        if champ_names == result.names:
+            champ = evaluate(parent.weights, result.data_yaml, imgsz=imgsz, device=device, workdir=workdir)
+            timings["eval_champion"] = champ.seconds
+        else:
+            note = (
+                f" (champion {parent.model_version} knows other classes {champ_names}, this version "
+                f"has {result.names}: judged on the floor)"
+            )
+    decision = decide(challenger, champ, settings.gate)
+    return dataclasses.replace(decision, reason=decision.reason + note) if note else decision
+
+
+def _log_model_files(settings: Settings, run_id: str, result: TrainResult, out: Path) -> None:
+    """best.pt, last.pt and the ONNX export under ``weights/`` (a registered version's source),
+    results.csv and the arguments Ultralytics trained with."""
+    weights_dir = out / lines.WEIGHTS_DIR
+    weights_dir.mkdir(parents=True)
+    shutil.copy(result.best, weights_dir / "best.pt")
+    shutil.copy(result.last, weights_dir / "last.pt")
+    try:
+        onnx = onnx_export(result.best, result.recipe.imgsz, settings.cache_dir)
+        shutil.copy(onnx, weights_dir / "model.onnx")
+    except ModelError as e:  # the PyTorch weights still serve; say so on the run
+        log.warning("ONNX export of the new model failed: %s", e)
+        tracking.set_tags(settings, run_id, {"labelloop.onnx_error": str(e)})
+    for f in sorted(weights_dir.iterdir()):
+        tracking.log_artifact(settings, run_id, f, lines.WEIGHTS_DIR)
+    tracking.log_artifact(settings, run_id, result.results_csv)
+    args_json = out / "trainer_args.json"
+    args_json.write_text(json.dumps(result.stage_args, indent=1, default=str))
+    tracking.log_artifact(settings, run_id, args_json)
 
 
 def _check(cancel: CancelFn | None, when: str) -> None:
