@@ -60,6 +60,8 @@ def test_first_model_promoted_over_the_floor_only() -> None:
     no = decide(m(0.19), None, RULES)
     assert not no.promote and "0.1900 < floor 0.2000" in no.reason
     assert decide(m(0.2), None, RULES).promote  # exactly the floor passes
+    named = decide(m(0.3), None, RULES, no_champion="champion v3 knows other classes")
+    assert named.reason == "promoted: champion v3 knows other classes: mAP50-95 0.3000 >= floor 0.2000"
 
 
 def test_better_challenger_promoted() -> None:

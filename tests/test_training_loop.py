@@ -212,3 +212,40 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
         )
         errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
         assert res.returncode == 2 and len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
+
+
+def test_a_champion_with_other_classes_is_not_compared(settings: Settings, first, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A version whose label set changed cannot be scored by the old champion: the floor judges,
+    and the reason says why."""
+    import dataclasses
+
+    from labelloop.backend.training.retrain import judge
+    from labelloop.backend.training.trainer import TrainResult, export_for_training
+    from labelloop.sync.store import Store
+
+    outcome, _ = first
+    champ = lines.champion(settings, "shapes")
+    assert champ is not None and champ.weights is not None
+    with Store.open(settings=settings) as store:
+        rep = export_for_training(store, outcome.dataset_version, tmp_path / "data")
+    from labelloop.backend.training.recipe import make_recipe
+
+    result = TrainResult(
+        version_id=rep.version,
+        data_yaml=Path(rep.out) / "data.yaml",
+        names=["circle", "square", "triangle", "star"],  # as if a class had been added
+        images=rep.images,
+        base_weights=champ.weights,
+        best=champ.weights,
+        last=champ.weights,
+        results_csv=tmp_path / "results.csv",
+        recipe=make_recipe(settings.train),
+        stage_args={},
+        history=[],
+        seconds={},
+    )
+    timings: dict[str, float] = {}
+    d = judge(settings, result, dataclasses.replace(champ), timings, tmp_path)
+    assert d.champion is None and "eval_champion" not in timings
+    assert "first model" not in d.reason and "knows other classes (circle, square, triangle)" in d.reason
+    assert "floor" in d.reason

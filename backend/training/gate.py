@@ -113,8 +113,15 @@ def evaluate(
     )
 
 
-def decide(challenger: EvalMetrics, champion: EvalMetrics | None, rules: GateSettings) -> GateDecision:
-    """Promote or not, with a one-line reason naming each metric that decided it."""
+def decide(
+    challenger: EvalMetrics,
+    champion: EvalMetrics | None,
+    rules: GateSettings,
+    *,
+    no_champion: str = "first model of the line",
+) -> GateDecision:
+    """Promote or not, with a one-line reason naming each metric that decided it; ``no_champion``
+    says in that reason why the floor judges (there is no champion, or it cannot be compared)."""
     failed: list[str] = []
     passed: list[str] = []
 
@@ -127,8 +134,8 @@ def decide(challenger: EvalMetrics, champion: EvalMetrics | None, rules: GateSet
     elif champion is None:
         check(
             new + EPS >= rules.floor_map50_95,
-            f"first model of the line: mAP50-95 {new:.4f} >= floor {rules.floor_map50_95:.4f}",
-            f"first model of the line: mAP50-95 {new:.4f} < floor {rules.floor_map50_95:.4f}",
+            f"{no_champion}: mAP50-95 {new:.4f} >= floor {rules.floor_map50_95:.4f}",
+            f"{no_champion}: mAP50-95 {new:.4f} < floor {rules.floor_map50_95:.4f}",
         )
     else:
         need = champion.map50_95 + rules.min_delta

@@ -236,19 +236,18 @@ def judge(
     challenger = evaluate(result.best, result.data_yaml, imgsz=imgsz, device=device, workdir=workdir)
     timings["eval"] = challenger.seconds
     champ: EvalMetrics | None = None
-    note = ""
+    no_champion = "first model of the line"
     if parent is not None and parent.weights is not None:
         champ_names = model_names(parent.weights)
         if champ_names == result.names:
             champ = evaluate(parent.weights, result.data_yaml, imgsz=imgsz, device=device, workdir=workdir)
             timings["eval_champion"] = champ.seconds
         else:
-            note = (
-                f" (champion {parent.model_version} knows other classes {champ_names}, this version "
-                f"has {result.names}: judged on the floor)"
+            no_champion = (
+                f"champion {parent.model_version} knows other classes ({', '.join(champ_names)}) than "
+                f"this version ({', '.join(result.names)}), so the floor judges"
             )
-    decision = decide(challenger, champ, settings.gate)
-    return dataclasses.replace(decision, reason=decision.reason + note) if note else decision
+    return decide(challenger, champ, settings.gate, no_champion=no_champion)
 
 
 def _log_model_files(settings: Settings, run_id: str, result: TrainResult, out: Path) -> None:
