@@ -249,3 +249,16 @@ def test_a_champion_with_other_classes_is_not_compared(settings: Settings, first
     assert d.champion is None and "eval_champion" not in timings
     assert "first model" not in d.reason and "knows other classes (circle, square, triangle)" in d.reason
     assert "floor" in d.reason
+
+
+def test_a_version_without_val_stops_before_training(tmp_path: Path, demo_weights: Path) -> None:
+    from labelloop.errors import DataError
+
+    s = training_settings(tmp_path, demo_weights)
+    v = shapes_version(s, 4, val_fraction=0.0)
+    with pytest.raises(DataError, match="has no val images"):
+        run_training(s, v)
+    assert lines.list_versions(s, "shapes") == []
+    c = tracking.client(s)
+    (run,) = c.search_runs([c.get_experiment_by_name("shapes").experiment_id])
+    assert run.info.status == "FAILED" and "DataError" in run.data.tags["labelloop.error"]

@@ -56,8 +56,10 @@ def add_shapes(store: Store, n: int, *, start: int = 0, size: int = 96, seed: in
     ingest(store, LS, result(anns, present={}))
 
 
-def shapes_version(settings: Settings, n: int = 20, *, start: int = 0, message: str = "shapes") -> str:
+def shapes_version(
+    settings: Settings, n: int = 20, *, start: int = 0, message: str = "shapes", val_fraction: float = 0.3
+) -> str:
     """Add ``n`` images to the settings' store and snapshot; the new version's id."""
     with Store.open(settings=settings) as store:
         add_shapes(store, n, start=start)
-        return snapshot(store, message, val_fraction=0.3).version.id
+        return snapshot(store, message, val_fraction=val_fraction).version.id
