@@ -71,7 +71,7 @@ def show_cmd(version: VersionArg, line: LineOpt = None, json_: JsonFlag = False)
     out.print(f"run       {ref.run_id}")
     out.print(f"dataset   {ref.dataset_version or '-'}")
     out.print(f"parent    {ref.tags.get(lines.TAG_PARENT) or '-'}")
-    out.print(f"gate      {ref.tags.get(lines.TAG_GATE, '-')}: {ref.tags.get(lines.TAG_REASON, '')}")
+    out.print(f"gate      {ref.tags.get(lines.TAG_REASON) or '-'}")
     out.print(f"weights   {ref.source}")
     for k, v in sorted(ref.tags.items()):
         if k not in (lines.TAG_GATE, lines.TAG_REASON, lines.TAG_PARENT, lines.TAG_DATASET):

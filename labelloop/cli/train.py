@@ -47,8 +47,9 @@ def train_cmd(
         return
     out.print(f"MLflow run    {outcome.run_id} (experiment {outcome.line})")
     out.print(f"model version {outcome.model_version} (registered model {outcome.line}, v{outcome.version})")
-    verdict = "promoted to champion" if outcome.promoted else "not promoted"
-    out.print(f"gate          {verdict}: {outcome.reason}")
+    out.print(f"gate          {outcome.reason}")
+    if outcome.promoted:
+        out.print(f"champion      {outcome.model_version} (the backend serves it from now on)")
 
 
 class _EpochBar:
