@@ -262,3 +262,19 @@ def test_a_version_without_val_stops_before_training(tmp_path: Path, demo_weight
     c = tracking.client(s)
     (run,) = c.search_runs([c.get_experiment_by_name("shapes").experiment_id])
     assert run.info.status == "FAILED" and "DataError" in run.data.tags["labelloop.error"]
+
+
+def test_cancel_after_registering_still_promotes_nothing(settings: Settings, first, version: str) -> None:  # type: ignore[no-untyped-def]
+    """The last moment a cancel can arrive: the new version is registered, the champion not moved."""
+    champ = lines.champion_version(settings, "shapes")
+    n = len(lines.list_versions(settings, "shapes"))
+    with pytest.raises(TrainingCancelled, match="before promoting"):
+        run_training(
+            settings.with_(gate={"floor_map50_95": 0.0, "min_delta": -1.0}),
+            version,
+            epochs=1,
+            cancel=lambda: len(lines.list_versions(settings, "shapes")) > n,
+        )
+    newest = lines.list_versions(settings, "shapes")[0]
+    assert newest.version == n + 1 and newest.tags[lines.TAG_GATE] == "cancelled"
+    assert lines.champion_version(settings, "shapes") == champ

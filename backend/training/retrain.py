@@ -160,11 +160,7 @@ def run_training(
                 "labelloop.classes": json.dumps(result.names),
             },
         )
-        promoted = False
-        if decision.promote:
-            _check(cancel, "before promoting")
-            lines.promote(settings, line, ref.version, reason=decision.reason)
-            promoted = True
+        promoted = decision.promote  # the card says what is about to happen; promotion comes last
         timings["register"] = time.monotonic() - t_art - timings["artifacts"]
         timings["total"] = time.monotonic() - t0
         card = model_card(
@@ -182,6 +178,11 @@ def run_training(
         (workdir / "artifacts" / "model_card.md").write_text(card_markdown(card))
         for name in ("model_card.json", "model_card.md"):
             tracking.log_artifact(settings, run_id, workdir / "artifacts" / name)
+        if promoted:
+            if cancel is not None and cancel():
+                lines.tag_version(settings, line, ref.version, {lines.TAG_GATE: "cancelled"})
+                raise TrainingCancelled("training cancelled before promoting; nothing was promoted")
+            lines.promote(settings, line, ref.version, reason=decision.reason)
         tracking.set_tags(
             settings,
             run_id,
