@@ -55,6 +55,8 @@ class SourceReport:
     reconciled: bool = False
     skipped: bool = False  # backing off after a failure
     disagreements: int | None = None  # tasks under the agreement threshold (written back)
+    pull_s: float = 0.0  # reading the platform
+    ingest_s: float = 0.0  # writing the store (one transaction)
     seconds: float = 0.0
     error: str | None = None
 
@@ -208,11 +210,14 @@ class SyncService:
                 or now - src.last_reconcile >= self.settings.sync.reconcile_interval_s
             )
             cursor = load_cursor(self.store, src.target)
+            t_pull = time.monotonic()
             with self.bar(f"pull {src.name}", 1) as advance:
                 res = src.platform.pull_changes(src.container, cursor, reconcile=reconcile)
                 advance(1)
+            out.pull_s = round(time.monotonic() - t_pull, 3)
             with self.bar(f"ingest {src.target.key}", len(res.annotations)) as advance:
                 got: IngestReport = ingest(self.store, src.target, res, progress=advance)
+            out.ingest_s = got.seconds
             if reconcile:
                 src.last_reconcile = now
             out.reconciled = reconcile

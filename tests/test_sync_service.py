@@ -252,3 +252,16 @@ def test_cli_once_prints_a_json_pass_and_exits_non_zero_on_a_failing_source(
     assert bad.returncode == 1 and "999999" in bad.stderr + bad.stdout and "Traceback" not in bad.stderr
     with Store.open(url=env["LABELLOOP_STORE_URL"]) as st, st.session() as s:
         assert latest(s).id == report["version"]
+
+
+def test_bench_sync_runs_small_and_writes_json(label_studio, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The benchmark's code path at a tiny size (its figures come from `labelloop bench sync`)."""
+    from labelloop.bench.sync import bench_sync
+
+    out = tmp_path / "sync.json"
+    res = bench_sync(30, out, url=label_studio.url, token=label_studio.token)
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(res))
+    assert saved["annotations"] == 30
+    for name in ("sqlite", "postgresql"):
+        assert saved[name]["new_revisions"] == 30 and saved[name]["no_change_new_revisions"] == 0

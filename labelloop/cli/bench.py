@@ -41,3 +41,21 @@ def bench_push(
     from labelloop.bench.runs import bench_push as run
 
     run(tasks, out, chunk=chunk, url=url, token=token)
+
+
+@bench_app.command("sync")
+def bench_sync(
+    tasks: Annotated[int, typer.Option(help="annotated tasks in the project")] = 10_000,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    project: Annotated[int | None, typer.Option(help="an existing annotated project (with --url)")] = None,
+    pg_url: Annotated[
+        str | None, typer.Option(help="PostgreSQL server URL; a throwaway database is made there ('' skips)")
+    ] = "postgresql+psycopg://postgres@127.0.0.1:5432",
+    out: Annotated[Path, typer.Option(help="JSON results")] = Path("bench-results/sync.json"),
+) -> None:
+    """Sync of N annotated tasks from Label Studio into SQLite and PostgreSQL vs the pull alone."""
+    setup_logging()
+    from labelloop.bench.sync import bench_sync as run
+
+    run(tasks, out, url=url, token=token, pg_url=pg_url or None, project=project)

@@ -36,6 +36,9 @@ def setup_logging(verbose: bool = False) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:  # their INFO lines (migration plugins, HTTP requests) drown ours
+        for name in ("alembic", "httpx", "urllib3"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def platform_overrides(target: str, url: str | None, token: str | None) -> dict[str, Any]:

@@ -106,5 +106,13 @@ def _sources(
 
 
 def _trained_on(settings):  # type: ignore[no-untyped-def]
-    """The dataset version the champion of the model line was trained on (the registry's answer)."""
-    return lambda: None
+    """The dataset version the champion of the model line was trained on (the registry's answer,
+    asked on each pass: a promotion elsewhere moves the trigger's baseline)."""
+
+    def ask() -> str | None:
+        from labelloop.backend.registry.lines import champion  # lazy: MLflow costs ~1 s to import
+
+        ref = champion(settings, fetch=False)
+        return ref.dataset_version if ref else None
+
+    return ask
