@@ -13,6 +13,7 @@ from typing import Any
 
 from redis import Redis
 
+from labelloop.backend.jobs.train import enqueue_start_training
 from labelloop.backend.serving import metrics
 from labelloop.settings import Settings
 from labelloop.sync.events import record_event
@@ -39,4 +40,10 @@ class WebhookLog:
             record_event(self._redis, self.settings, event)
         except Exception as e:
             log.warning("webhook %s not recorded (Redis: %s); the sync poll will still see it", action, e)
+        if action == "START_TRAINING" and event["project"] is not None:
+            try:  # only queued here: the sync pass and the training run on a worker
+                job = enqueue_start_training(self.settings, self._redis, int(event["project"]))
+                log.info("Start Training for project %s: %s", event["project"], job or "already queued")
+            except Exception as e:
+                log.warning("Start Training for project %s not queued (Redis: %s)", event["project"], e)
         return action

@@ -34,7 +34,8 @@ def serve(
     child = None
     if rq_worker:  # the worker inherits this terminal, and these settings
         env = {**os.environ, **settings.environment()}
-        child = subprocess.Popen([sys.executable, "-m", "labelloop.cli", "worker"], env=env)
+        cmd = [sys.executable, "-m", "labelloop.cli", "worker", "--queues", "predict"]
+        child = subprocess.Popen(cmd, env=env)  # predictions only: training belongs on `labelloop worker`
     try:
         console.print(
             f"labelloop ML backend: http://{settings.serve.host}:{settings.serve.port}  model {weights}"
@@ -47,12 +48,20 @@ def serve(
 
 
 @app.command()
-def worker(burst: Annotated[bool, typer.Option(help="exit when the queue is empty")] = False) -> None:
-    """Run an rq worker for background predictions (any host that reaches Redis)."""
+def worker(
+    queues: Annotated[
+        str, typer.Option("--queues", help="comma-separated: train, predict (a GPU host: train)")
+    ] = "train,predict",
+    burst: Annotated[bool, typer.Option(help="exit when the queues are empty")] = False,
+) -> None:
+    """Run an rq worker for retraining and background predictions (any host that reaches Redis)."""
     setup_logging()
     settings = load_settings()
     # lazy: the worker's imports bring in prometheus_client, which must not be imported before
     # `serve` has set up its multiprocess directory (and they cost every other command seconds)
     from labelloop.backend.jobs.worker import run_worker
 
-    run_worker(settings, burst=burst)
+    kinds = [q.strip() for q in queues.split(",") if q.strip()]
+    where = f"{settings.queue.redis_url} (prefix {settings.queue.prefix})"
+    console.print(f"rq worker on {', '.join(kinds)} at {where}")
+    run_worker(settings, burst=burst, kinds=kinds)
