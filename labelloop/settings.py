@@ -80,6 +80,18 @@ class ServeSettings(Section):
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = None
     bearer_token: str | None = None
+    follow_line: bool | None = Field(
+        None,
+        description="serve the model line's champion and hot-reload it when promoted; default: "
+        "follow when no --model was given",
+    )
+    reload_poll_s: float = Field(
+        2.0, gt=0, description="seconds between champion alias reads (the fallback to Redis pub/sub)"
+    )
+    env_names: ClassVar[dict[str, str]] = {
+        "follow_line": "LABELLOOP_SERVE_FOLLOW_LINE",
+        "reload_poll_s": "LABELLOOP_SERVE_RELOAD_POLL_S",
+    }
 
 
 ServerUrl = Annotated[str | None, AfterValidator(lambda v: v.rstrip("/") if v else v)]

@@ -21,11 +21,13 @@ from rq import get_current_job
 
 from labelloop.backend.serving.predict_service import PredictionService
 from labelloop.backend.serving.project_access import Credentials
-from labelloop.connectors.labelstudio import push_predictions
+from labelloop.connectors.labelstudio import LabelStudioClient, push_predictions
+from labelloop.connectors.labelstudio.projects import set_model_version
 from labelloop.settings import Settings
 
 log = logging.getLogger(__name__)
 CHUNK = 200
+KEEP_MODELS = 2
 _services: dict[tuple[str, str], PredictionService] = {}
 _services_lock = threading.Lock()
 
@@ -50,18 +52,33 @@ def payload_for(
 
 
 def _service(settings: Settings, weights: Path) -> PredictionService:
-    """Workers keep the model loaded between jobs (one per weights + settings)."""
+    """Workers keep the model loaded between jobs (one per weights + settings; the last few only, so
+    a worker that lives through many champions does not hold them all)."""
     key = (str(weights), settings.predict.fingerprint())
     with _services_lock:
-        if key not in _services:
-            _services[key] = PredictionService(settings, weights)
-        return _services[key]
+        service = _services.pop(key, None) or PredictionService(settings, weights)
+        _services[key] = service  # most recently used last
+        while len(_services) > KEEP_MODELS:
+            _services.pop(next(iter(_services)))
+        return service
+
+
+def _weights(settings: Settings, payload: dict[str, Any]) -> Path:
+    """The payload's weights file, or, when it is a registry version this host has not fetched
+    (the job was queued on another host), that version fetched from the registry."""
+    weights = Path(payload["weights"])
+    ref = payload.get("registry")
+    if weights.is_file() or not ref:
+        return weights
+    from labelloop.backend.registry.lines import fetch_weights, get_version
+
+    return fetch_weights(settings, get_version(settings, ref["line"], ref["version"]))
 
 
 def predict_and_write(payload: dict[str, Any]) -> dict[str, int]:
     """Predict ``payload['tasks']`` and import the predictions into the Label Studio project."""
     settings = Settings.model_validate(payload["settings"])
-    service = _service(settings, Path(payload["weights"]))
+    service = _service(settings, _weights(settings, payload))
     creds = Credentials(**payload["label_studio"])
     files = creds.files()
     tasks: list[dict[str, Any]] = payload["tasks"]
@@ -77,6 +94,9 @@ def predict_and_write(payload: dict[str, Any]) -> dict[str, int]:
             if r is not None
         ]
         written += push_predictions(creds.url, creds.token, payload["project"], preds)
+        if payload.get("set_model_version") and written and report.model_version:
+            _show(creds, payload["project"], report.model_version)
+            payload["set_model_version"] = False
         failed += sum(report.failed.values())
         if job:
             job.meta.update(done=lo + len(chunk), total=len(tasks), written=written, failed=failed)
@@ -89,6 +109,15 @@ def predict_and_write(payload: dict[str, Any]) -> dict[str, int]:
         failed,
     )
     return {"tasks": len(tasks), "written": written, "failed": failed}
+
+
+def _show(creds: Credentials, project: int, model_version: str) -> None:
+    """Make the project show ``model_version`` (a hot reload's rollout asks for it once the first
+    predictions of that version are written: Label Studio refuses a version nothing carries)."""
+    try:
+        set_model_version(LabelStudioClient(creds.url, creds.token), project, model_version)
+    except Exception as e:
+        log.error("project %s: cannot set model_version %s: %s", project, model_version, e)
 
 
 def run_logged(payload: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +67,12 @@ def enqueue_predict(settings: Settings, payload: dict[str, Any]) -> str:
         return f"thread-{t.ident}"
 
 
-def predict_later(settings: Settings, weights: Path) -> HandOff:
-    """The ``hand_off`` the HTTP app gives its PredictionService: enqueue a background predict job."""
+def predict_later(settings: Settings, weights: Callable[[], Path]) -> HandOff:
+    """The ``hand_off`` the HTTP app gives its PredictionService: enqueue a background predict job
+    with the weights served at that moment (``weights()``: a hot reload changes them)."""
 
     def hand_off(tasks: list[dict[str, Any]], label_config: str, project: int, creds: Credentials) -> str:
-        payload = predict_job.payload_for(settings, weights, tasks, project, label_config, creds)
+        payload = predict_job.payload_for(settings, weights(), tasks, project, label_config, creds)
         return enqueue_predict(settings, payload)
 
     return hand_off

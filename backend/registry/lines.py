@@ -10,7 +10,8 @@ champions in order, so ``rollback`` can move the alias back to the one before.
 ``champion(settings, line)`` gives what the rest of labelloop needs: the version, its weights as a
 local file (downloaded once into the cache, with a ``.version`` sidecar naming it for
 ``model_version_of``) and the dataset version it was trained on (the sync's trigger counts new
-labels from there). ``champion_version`` is the cheap form a hot-reload poller asks.
+labels from there). ``champion_version`` is the cheap form a hot-reload poller asks; ``promote`` and
+``rollback`` announce the new champion on Redis (:mod:`labelloop.backend.registry.announce`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from labelloop.backend.registry.announce import announce
 from labelloop.backend.registry.tracking import client, registry_call
 from labelloop.errors import ErrorKind, RegistryError
 from labelloop.fsutil import atomic_write, file_lock
@@ -235,6 +237,7 @@ def promote(settings: Settings, line: str | None, version: int | str, reason: st
         settings, line, ref.version, {"labelloop.promoted_at": _now(), "labelloop.promoted_why": reason}
     )
     ref.is_champion = True
+    announce(settings, line, ref.model_version)  # backends swap now instead of at their next poll
     return ref
 
 
@@ -256,6 +259,7 @@ def rollback(settings: Settings, line: str | None = None) -> ModelRef:
     _set_champion(settings, line, previous, history)
     tag_version(settings, line, current, {"labelloop.rolled_back_at": _now()})
     ref = get_version(settings, line, previous)
+    announce(settings, line, ref.model_version)
     return ref
 
 

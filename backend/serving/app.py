@@ -10,6 +10,7 @@ serialises; auth, errors and request metrics are the ``endpoint`` wrapper's.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from functools import wraps
@@ -76,9 +77,9 @@ def _body() -> dict[str, Any]:
 def create_app(settings: Settings, weights: Path, service: PredictionService | None = None) -> Flask:
     app = Flask("labelloop")
     app.json.sort_keys = False
-    service = service or PredictionService(
-        settings, weights, access=ProjectAccess(settings), hand_off=predict_later(settings, weights)
-    )
+    if service is None:
+        service = PredictionService(settings, weights, access=ProjectAccess(settings))
+        service.hand_off = predict_later(settings, lambda: service.weights)
     app.extensions["labelloop"] = service
     webhooks = WebhookLog(settings)
     auth = Authenticator(settings.serve)
@@ -92,7 +93,11 @@ def create_app(settings: Settings, weights: Path, service: PredictionService | N
     def health() -> Response:
         version = service.model_version
         return jsonify(
-            status="UP", model_class="labelloop.YOLO", model_version=version, model_loaded=service.loaded
+            status="UP",
+            model_class="labelloop.YOLO",
+            model_version=version,
+            model_loaded=service.loaded,
+            pid=os.getpid(),  # which worker answered: each swaps on its own
         )
 
     @app.post("/setup")
@@ -110,8 +115,8 @@ def create_app(settings: Settings, weights: Path, service: PredictionService | N
     @app.post("/predict")
     @endpoint("predict")
     def predict() -> Response:
-        results = service.answer(PredictRequest.parse(_body()))
-        return jsonify(results=results, model_version=service.model_version)
+        results, version = service.answer(PredictRequest.parse(_body()))
+        return jsonify(results=results, model_version=version)
 
     @app.post("/webhook")
     @endpoint("webhook")

@@ -60,9 +60,21 @@ def run_gunicorn(settings: Settings, weights: Path) -> None:
 
 
 def _warm(worker: Any) -> None:
-    """Load the model as the worker starts so the first /predict isn't slow."""
+    """Load the model as the worker starts so the first /predict isn't slow; a worker that follows a
+    model line starts on its champion and watches for the next one (threads of this worker: they
+    do not survive gunicorn's fork, so each worker starts its own)."""
+    service = worker.wsgi.extensions["labelloop"]
     try:
-        worker.wsgi.extensions["labelloop"].predictor  # noqa: B018 - property loads the model
+        from labelloop.backend.serving.rollout import roll_out_later
+
+        if service.access is not None:
+            service.follow(roll_out_later(service.settings, service.access))
+        else:
+            service.follow()
+    except Exception:  # the registry may be down at start: serve the configured weights meanwhile
+        log.exception("following the model line failed")
+    try:
+        service.predictor  # noqa: B018 - property loads the model
     except Exception:  # a bad model must still leave /health up to report it
         log.exception("loading the model failed")
 
@@ -77,7 +89,9 @@ class BackendProcess(Child):
     """``labelloop serve`` (gunicorn + rq worker) in its own process group on a free port.
 
     The child reads ``settings`` (default: this process's) with the model, Redis, a queue prefix
-    of its own and the port set; ``env`` adds raw variables on top (tests set limits that way)."""
+    of its own and the port set; ``env`` adds raw variables on top (tests set limits that way).
+    It serves ``weights`` as explicit weights: it follows a model line only with
+    ``serve.follow_line`` (or LABELLOOP_SERVE_FOLLOW_LINE=true in ``env``)."""
 
     def __init__(
         self,
@@ -95,6 +109,8 @@ class BackendProcess(Child):
         child = (settings or load_settings()).with_(
             model=weights, redis_url=redis_url, queue_prefix=self.prefix, host="127.0.0.1", port=self.port
         )
+        if child.serve.follow_line is None:  # weights given = explicit: kept unless told to follow
+            child = child.with_(serve_follow_line=False)
         super().__init__(
             "the ML backend",
             [sys.executable, "-m", "labelloop.cli", "serve"],

@@ -1,13 +1,13 @@
 """Label Studio tasks in, Label Studio predictions out: what the HTTP app and the background job
 share. It knows task JSON and label configs (through the connectors' format module), never Label
 Studio's HTTP API: images are read with the credentials ``project_access`` holds, and tasks left
-over when the time budget ends are handed to a callable (the app gives it the rq queue).
+over when the time budget ends are handed to a callable (the app gives it the rq queue). The model
+sits in a hot-reload slot; ``follow`` keeps it on the model line's champion.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +17,8 @@ from typing import Any
 from labelloop.backend.inference.images import ImageFetcher, LabelStudioFiles
 from labelloop.backend.inference.predictor import Predictor
 from labelloop.backend.inference.weights import model_version_of
+from labelloop.backend.registry.lines import ModelRef
+from labelloop.backend.registry.slot import ChampionWatcher, ModelSlot, followed_line
 from labelloop.backend.serving import metrics
 from labelloop.backend.serving.project_access import Credentials, ProjectAccess, configured, project_id
 from labelloop.connectors.formats.labelstudio import (
@@ -43,6 +45,7 @@ class BatchReport:
     failed: dict[ErrorKind, int] = field(default_factory=dict)  # why images could not be predicted
     unmapped: int = 0
     elapsed: float = 0.0
+    model_version: str = ""
 
     @property
     def unfinished(self) -> list[int]:
@@ -83,44 +86,59 @@ class PredictionService:
         hand_off: HandOff | None = None,
     ) -> None:
         self.settings = settings
-        self.weights = weights
         default = configured(settings)
         self.fetcher = ImageFetcher(settings, label_studio or (default.files() if default else None))
         self.access = access
         self.hand_off = hand_off
-        self._predictor: Predictor | None = None
-        self._load_lock = threading.Lock()
+        self.slot: ModelSlot[Predictor] = ModelSlot(weights, self._load)
+        self.watcher: ChampionWatcher | None = None
+
+    def _load(self, weights: Path) -> Predictor:
+        t = time.monotonic()
+        predictor = Predictor(weights, self.settings)
+        log.info(
+            "loaded %s (%s, %s runtime) in %.1fs",
+            weights,
+            predictor.task,
+            predictor.runtime,
+            time.monotonic() - t,
+        )
+        return predictor
+
+    @property
+    def weights(self) -> Path:
+        """The weights served now (a hot reload changes them)."""
+        return self.slot.current.weights
 
     @property
     def model_version(self) -> str:
-        return self._predictor.model_version if self._predictor else model_version_of(self.weights)
+        served = self.slot.current
+        return served.model.model_version if served.model else model_version_of(served.weights)
 
     @property
     def predictor(self) -> Predictor:
-        if self._predictor is None:
-            with self._load_lock:
-                if self._predictor is None:
-                    t = time.monotonic()
-                    self._predictor = Predictor(self.weights, self.settings)
-                    log.info(
-                        "loaded %s (%s, %s runtime) in %.1fs",
-                        self.weights,
-                        self._predictor.task,
-                        self._predictor.runtime,
-                        time.monotonic() - t,
-                    )
-        return self._predictor
+        return self.slot.model()
 
     @property
     def loaded(self) -> bool:
-        return self._predictor is not None
+        return self.slot.current.model is not None
 
-    def plan(self, label_config: str) -> ControlPlan:
+    def follow(self, on_swap: Callable[[ModelRef], None] | None = None) -> ChampionWatcher | None:
+        """Serve the configured model line's champion from now on, when this process follows one
+        (``followed_line``): swap to it at once if there is one, then keep watching."""
+        line = followed_line(self.settings, self.weights)
+        if line is None or self.watcher is not None:
+            return self.watcher
+        self.watcher = ChampionWatcher(self.settings, line, self.slot, on_swap)
+        self.watcher.check()
+        return self.watcher.start()
+
+    def plan(self, label_config: str, predictor: Predictor | None = None) -> ControlPlan:
         if not label_config:
             raise ConfigError(
                 "the request has no label_config; Label Studio sends the project's config with it"
             )
-        return select_controls(parse_label_config(label_config), self.predictor.task)
+        return select_controls(parse_label_config(label_config), (predictor or self.predictor).task)
 
     # ------------------------------------------------------------------ the HTTP app's calls
 
@@ -130,9 +148,10 @@ class PredictionService:
             self.access.remember(str(project or ""), hostname, token)
         return self.model_version
 
-    def answer(self, request: PredictRequest) -> list[Any]:
-        """``/predict``: one result per task, in order, within the time budget; tasks not reached
-        get ``[]`` ("no prediction yet") and are handed off to be written to Label Studio later."""
+    def answer(self, request: PredictRequest) -> tuple[list[Any], str]:
+        """``/predict``: one result per task, in order, within the time budget, and the model
+        version that made them; tasks not reached get ``[]`` ("no prediction yet") and are handed
+        off to be written to Label Studio later."""
         creds = self.access.lookup(request.project) if self.access else configured(self.settings)
         deadline = time.monotonic() + self.settings.predict.budget_s
         report = self.predict_tasks(
@@ -142,7 +161,7 @@ class PredictionService:
         rest = report.unfinished
         if rest:
             self._hand_off([request.tasks[i] for i in rest], request, creds, report)
-        return [r if r is not None else [] for r in report.results]
+        return [r if r is not None else [] for r in report.results], report.model_version
 
     def _hand_off(
         self,
@@ -186,10 +205,10 @@ class PredictionService:
         first for a human to look at, and a log line naming the task and the cause.
         """
         t0 = time.monotonic()
-        plan = self.plan(label_config)
-        predictor = self.predictor
+        predictor = self.predictor  # held for the whole batch: a hot reload never splits one
+        plan = self.plan(label_config, predictor)
         version = predictor.model_version
-        report = BatchReport(results=[None] * len(tasks))
+        report = BatchReport(results=[None] * len(tasks), model_version=version)
         uris = [_image_ref(t, plan.image_key) for t in tasks]
         fetched = self.fetcher.load_many(uris, label_studio)
         outcomes = predictor.predict_fetched(fetched)

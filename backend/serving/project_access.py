@@ -80,6 +80,20 @@ class ProjectAccess:
         except Exception as e:
             log.debug("cannot store Label Studio access in Redis: %s", e)
 
+    def projects(self) -> dict[str, Credentials]:
+        """Every project that sent ``/setup`` to any process within ``ttl_s`` (the ``"<id>.<created>"``
+        string -> its credentials): the projects a new champion is announced to."""
+        with self._lock:
+            names = {p for p, _ in self._mem}
+        prefix = self._key("")
+        try:
+            for key in self._redis.scan_iter(match=f"{prefix}*", count=500):
+                names.add((key.decode() if isinstance(key, bytes) else key)[len(prefix) :])
+        except Exception as e:
+            log.debug("cannot list Label Studio projects in Redis: %s", e)
+        found = {p: self.lookup(p) for p in sorted(names) if p}
+        return {p: c for p, c in found.items() if c is not None}
+
     def lookup(self, project: str) -> Credentials | None:
         """The configured server, else the newest unexpired one that sent ``/setup`` for ``project``."""
         fixed = configured(self.settings)
