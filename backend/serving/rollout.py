@@ -1,8 +1,9 @@
 """A new champion reaches the Label Studio projects: once a backend process serves it, every project
 that sent ``/setup`` gets the champion as its model_version (Label Studio shows and sorts by that
-version's predictions only), and its tasks with no human annotation yet are queued for a ``predict``
-job (``jobs.predict.predict_and_write``, the same job that finishes an over-budget /predict), which
-writes the new prelabels once per (task, version).
+version's predictions only, and accepts a version only once predictions carry it: the job sets it
+after its first write when needed), and its tasks with no human annotation yet are queued for a
+``predict`` job (``jobs.predict.predict_and_write``, the same job that finishes an over-budget
+/predict), which writes the new prelabels once per (task, version).
 
 Every process of every host swaps, but one rollout per change is enough: a Redis ``GETSET`` of the
 line's last rolled-out version elects the first process to swap. When Redis is down each process
@@ -25,7 +26,7 @@ from labelloop.backend.jobs.queues import enqueue_predict
 from labelloop.backend.registry.lines import ModelRef
 from labelloop.backend.serving.project_access import Credentials, ProjectAccess, project_id
 from labelloop.connectors.labelstudio.client import LabelStudioClient
-from labelloop.connectors.labelstudio.projects import get_project, refresh_ml_backends, set_model_version
+from labelloop.connectors.labelstudio.projects import get_project, set_model_version
 from labelloop.connectors.labelstudio.tasks import iter_tasks, split_versions
 from labelloop.errors import RemoteError
 from labelloop.settings import Settings
@@ -57,9 +58,9 @@ def unannotated_tasks(client: LabelStudioClient, project: int, model_version: st
 
 
 def _set_version(client: LabelStudioClient, project: int, model_version: str) -> bool:
-    """Point the project at ``model_version``; False when Label Studio does not know it yet (its
-    record of our version is refreshed first, but the worker that answered may not have swapped)."""
-    refresh_ml_backends(client, project)
+    """Point the project at ``model_version``; False when Label Studio refuses it: 1.23 takes only
+    a version that predictions in the project carry (or an ML backend's title), so for a fresh
+    champion the predict job sets it after writing the first of them."""
     try:
         set_model_version(client, project, model_version)
         return True

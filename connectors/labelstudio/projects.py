@@ -45,12 +45,6 @@ def connect_ml_backend(client: LabelStudioClient, project: int, url: str, title:
     return int(client.request("POST", "/api/ml", json={"url": url, "project": project, "title": title})["id"])
 
 
-def refresh_ml_backends(client: LabelStudioClient, project: int) -> list[dict[str, Any]]:
-    """Listing a project's ML backends makes Label Studio ask each for its version (``/setup``); a
-    project's model_version may only be set to a version a backend reports or predictions carry."""
-    return list(client.request("GET", "/api/ml", params={"project": project}) or [])
-
-
 def retrieve_predictions(client: LabelStudioClient, project: int) -> dict:
     """What the Data Manager's "Retrieve predictions" action does, for every task."""
     return client.request(
