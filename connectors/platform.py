@@ -252,4 +252,9 @@ class LabelingPlatform(Protocol):
         sort by those instead. CVAT: as far as its API allows (see its platform)."""
         ...
 
+    def image_bytes(self, container: int, task_id: str, uri: str | None) -> bytes | None:
+        """The image bytes of a task when the platform serves them itself (CVAT frames); None when
+        they are read from the task's URI (Label Studio, with :attr:`fetch_access`)."""
+        ...
+
     def close(self) -> None: ...

@@ -151,6 +151,9 @@ class SyncSettings(Section):
     reconcile_interval_s: float = Field(
         300.0, ge=0, description="seconds between passes that list every task id to find deletions"
     )
+    fetch_images: bool = Field(
+        True, description="store the image bytes of synced items (training and export need them)"
+    )
     agreement_field: str = Field(
         "annotator_agreement", description="Label Studio task field the annotators' F1 is written to"
     )

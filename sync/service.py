@@ -31,6 +31,7 @@ from labelloop.retry import Backoff, is_retryable
 from labelloop.settings import Settings, SyncSource
 from labelloop.sync import stats
 from labelloop.sync.events import EventWatcher
+from labelloop.sync.fetch import fetch_missing, missing, reader_for
 from labelloop.sync.ingest import IngestReport, ingest, load_cursor
 from labelloop.sync.prelabel import Bar, no_bar, open_platform
 from labelloop.sync.store import Store
@@ -55,6 +56,9 @@ class SourceReport:
     reconciled: bool = False
     skipped: bool = False  # backing off after a failure
     disagreements: int | None = None  # tasks under the agreement threshold (written back)
+    images_fetched: int = 0  # image bytes stored in the blob store this pass
+    images_failed: int = 0
+    fetch_s: float = 0.0
     pull_s: float = 0.0  # reading the platform
     ingest_s: float = 0.0  # writing the store (one transaction)
     seconds: float = 0.0
@@ -92,6 +96,7 @@ class PassReport:
             f"{sum(s.new_revisions for s in self.sources)} new",
             f"{sum(s.tombstoned + s.tasks_deleted for s in self.sources)} deleted",
             f"{sum(s.quarantined for s in self.sources)} quarantined",
+            f"{sum(s.images_fetched for s in self.sources)} images fetched",
         ]
         bad = [s.source for s in self.sources if not s.ok]
         if bad:
@@ -152,6 +157,7 @@ class SyncService:
         opener: Opener = open_platform,
         backoff: Backoff = Backoff(base_s=2.0, cap_s=300.0),
         enqueue: bool = True,
+        fetch_images: bool | None = None,
     ) -> None:
         if not sources:
             raise ConfigError(
@@ -166,6 +172,7 @@ class SyncService:
         self.opener = opener
         self.backoff = backoff
         self.enqueue = enqueue
+        self.fetch_images = settings.sync.fetch_images if fetch_images is None else fetch_images
         self.passes = 0
         self._weighed_at: float | None = None
         self._store_down = False
@@ -233,6 +240,8 @@ class SyncService:
             if src.failures:
                 log.info("%s is reachable again after %d failed pass(es)", src.name, src.failures)
             src.failures, src.next_try = 0, 0.0
+            if self.fetch_images and (got.new_revisions or got.new_items or reconcile):
+                self._fetch_images(src, out)
             if src.spec.platform == "labelstudio" and (got.changed or not src.written_agreement):
                 out.disagreements = self._write_agreement(src)
         except Exception as e:
@@ -253,6 +262,30 @@ class SyncService:
             with contextlib.suppress(Exception):  # a broken connection may not close cleanly
                 src.platform.close()
             src.platform = None
+
+    def _fetch_images(self, src: _Source, out: SourceReport) -> None:
+        """The bytes of this source's items that the blob store lacks (training and export need them)."""
+        assert src.platform is not None and src.target is not None
+        todo = len(missing(self.store, src.target))
+        if not todo:
+            return
+        t0 = time.monotonic()
+        with self.bar(f"images {src.name}", todo) as advance:
+            got = fetch_missing(
+                self.store,
+                src.target,
+                reader_for(src.settings, src.platform, src.container),
+                progress=advance,
+            )
+        out.images_fetched, out.images_failed = got.fetched, got.failed
+        out.fetch_s = round(time.monotonic() - t0, 3)
+        if got.failed:
+            log.warning(
+                "%s: %d image(s) could not be fetched (tried again next pass): %s",
+                src.name,
+                got.failed,
+                "; ".join(got.reasons[:3]),
+            )
 
     def _write_agreement(self, src: _Source) -> int:
         """Annotator F1 of every multi-annotator task of this source into a task field (only values

@@ -52,6 +52,7 @@ def sync_settings(ls: Any, cache_dir: Any, **sections: Any) -> Settings:
         "cache_dir": cache_dir,
         "queue": {"prefix": f"t{uuid.uuid4().hex[:8]}"},
     }
+    sections.setdefault("sync", {}).setdefault("fetch_images", False)  # example.com URLs are never fetched
     return Settings(**base, **sections)
 
 

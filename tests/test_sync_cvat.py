@@ -37,6 +37,7 @@ def test_cvat_frames_and_corrections_sync_and_an_outage_is_one_line(
         assert src.new_revisions == 4  # one annotation per frame: the frame's shapes in its job
         held = store_state(store, src.source)
         assert sorted(t for t, _ in held) == [f"frame:{i}" for i in range(4)]
+        assert src.images_fetched == 4 and src.images_failed == 0  # the frames, from CVAT's data API
 
         job = sorted(j for j, v in peer.jobs.items() if v["task_id"] == task)[0]
         peer.set_job(job, assignee="annotator", state="in progress")

@@ -223,6 +223,7 @@ def test_cli_once_prints_a_json_pass_and_exits_non_zero_on_a_failing_source(
         **os.environ,
         **sync_settings(label_studio, tmp_path).environment(),
         "LABELLOOP_STORE_URL": f"sqlite:///{tmp_path / 'store.db'}",
+        "LABELLOOP_SYNC_FETCH_IMAGES": "false",  # example.com URLs: nothing to download here
         "LABELLOOP_SYNC_SNAPSHOT_MIN_CHANGES": "2",
     }
     cmd = [
@@ -265,3 +266,31 @@ def test_bench_sync_runs_small_and_writes_json(label_studio, tmp_path: Path) -> 
     assert saved["annotations"] == 30
     for name in ("sqlite", "postgresql"):
         assert saved[name]["new_revisions"] == 30 and saved[name]["no_change_new_revisions"] == 0
+
+
+def test_image_bytes_are_fetched_once_so_a_version_exports(
+    label_studio, conn, store: Store, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Uploaded images (Label Studio's own files, behind its auth) land in the blob store keyed by
+    their sha; the version exports as an Ultralytics dataset with every image."""
+    from labelloop.connectors.labelstudio import imports, projects
+    from labelloop.connectors.labelstudio.tasks import iter_tasks
+    from labelloop.sync.export import export_version
+    from labelloop.sync.versions import snapshot
+    from tests.helpers import shape_images
+    from tests.sync_helpers import CONFIG
+
+    paths = shape_images(tmp_path / "img", 4)
+    project = projects.create_project(conn, "fetch images", CONFIG)
+    imports.upload_images(conn, project, paths)
+    for t in iter_tasks(conn, project):
+        conn.request("POST", f"/api/tasks/{t['id']}/annotations", json={"result": [rect("circle", 10)]})
+    settings = sync_settings(label_studio, tmp_path, sync={"fetch_images": True})
+    svc = _service(settings, store, [source(label_studio, project)], enqueue=False)
+    first = svc.run_once().sources[0]
+    assert first.ok and first.images_fetched == 4 and first.images_failed == 0, first
+    assert svc.run_once(force_reconcile=True).sources[0].images_fetched == 0  # once
+    version = snapshot(store, "with images", val_fraction=0.25).version.id
+    rep = export_version(store, version, tmp_path / "yolo", "yolo")
+    assert sum(rep.images.values()) == 4
+    assert len(list((tmp_path / "yolo").rglob("*.jpg")) + list((tmp_path / "yolo").rglob("*.png"))) == 4

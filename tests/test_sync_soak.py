@@ -76,6 +76,7 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(
         **sync_settings(label_studio, tmp_path).environment(),
         "LABELLOOP_STORE_URL": db_url,
         "LABELLOOP_BLOB_ROOT": str(tmp_path / "blobs"),
+        "LABELLOOP_SYNC_FETCH_IMAGES": "false",  # example.com URLs: nothing to download here
         "LABELLOOP_SYNC_SNAPSHOT_MIN_CHANGES": "1",
     }
     rng = random.Random(11)

@@ -62,6 +62,12 @@ class CvatPlatform:
         """CVAT frames are not fetched for prediction: the local images given are predicted."""
         return None
 
+    def image_bytes(self, container: int, task_id: str, uri: str | None) -> bytes | None:
+        """A frame's original image, read through CVAT's data API (``task_id`` is "frame:N")."""
+        if not task_id.startswith("frame:"):
+            return None
+        return tasks.frame_bytes(self.client, container, int(task_id.split(":", 1)[1]))
+
     def close(self) -> None:
         self.client.close()
 

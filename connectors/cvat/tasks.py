@@ -204,3 +204,14 @@ def job_frames(client: CvatClient, job: Any) -> list[int]:
     if included is None:  # a server that names no subset: the whole range
         return list(range(job.start_frame, job.stop_frame + 1))
     return sorted(int(f) for f in included)
+
+
+def frame_bytes(client: CvatClient, task_id: int, frame: int) -> bytes:
+    """The original image of one frame of a task, as uploaded."""
+    _, resp = client.call(
+        f"read frame {frame} of task {task_id}",
+        lambda: client.api.tasks_api.retrieve_data(
+            task_id, type="frame", number=frame, quality="original", _parse_response=False
+        ),
+    )
+    return bytes(resp.data)

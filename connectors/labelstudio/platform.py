@@ -224,6 +224,11 @@ class LabelStudioPlatform:
     def set_model_version(self, container: int, version: str) -> None:
         projects.set_model_version(self.client, container, version)
 
+    def image_bytes(self, container: int, task_id: str, uri: str | None) -> bytes | None:
+        """None: a task's image is read from its URI with :attr:`fetch_access` (its own files need
+        the server's auth; URLs and cloud URIs are fetched under the SSRF rules)."""
+        return None
+
     def write_priority(
         self,
         container: int,

@@ -122,6 +122,7 @@ def bench_sync(
                         st,
                         [SyncSource(platform="labelstudio", url=base_url, project=project)],
                         enqueue=False,
+                        fetch_images=False,  # the benchmark measures annotations, not downloads
                     )
                     full = svc.run_once(force_reconcile=True)
                     time.sleep(1.1)  # past the cursor's whole second, so the next pass is truly quiet
