@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -265,3 +266,14 @@ def rollback(settings: Settings, line: str | None = None) -> ModelRef:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def trained_on(settings: Settings, line: str | None = None) -> Callable[[], str | None]:
+    """For the sync's trigger: the dataset version the line's champion was trained on, asked anew
+    on each pass (a promotion anywhere moves the baseline); None before the first champion."""
+
+    def ask() -> str | None:
+        ref = champion(settings, line, fetch=False)
+        return ref.dataset_version if ref else None
+
+    return ask

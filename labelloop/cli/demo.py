@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -25,13 +26,25 @@ def model_demo() -> None:
 def demo(
     port: Annotated[int, typer.Option(help="Label Studio port")] = 8080,
     backend_port: Annotated[int, typer.Option(help="ML backend port")] = 9090,
-    images: Annotated[int, typer.Option(help="sample images to create")] = 24,
-    keep_running: Annotated[bool, typer.Option(help="keep the servers up until Ctrl-C")] = True,
+    images: Annotated[int, typer.Option(help="sample images to create")] = 36,
+    corrected: Annotated[
+        int | None, typer.Option(help="tasks the simulated annotator corrects before the retrain")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="keep Label Studio and the backend up until Ctrl-C")
+    ] = True,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the report as JSON")] = None,
 ) -> None:
-    """Start Label Studio and the ML backend, create a project of sample images with prelabels."""
+    """The whole loop: prelabel, correct, sync, retrain, gate, promote, hot-reload, re-prelabel."""
     setup_logging()
     from labelloop.demo import run_demo
 
     run_demo(
-        load_settings(), port=port, backend_port=backend_port, n_images=images, keep_running=keep_running
+        load_settings(),
+        port=port,
+        backend_port=backend_port,
+        n_images=images,
+        keep_running=wait,
+        corrected=corrected,
+        json_out=json_out,
     )

@@ -35,6 +35,7 @@ def sync(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Pull corrected annotations into the versioned store; version and trigger retraining."""
+    from labelloop.backend.registry.lines import trained_on  # lazy: MLflow costs ~1 s to import
     from labelloop.cli.common import progress_bar
     from labelloop.sync.prelabel import no_bar
     from labelloop.sync.service import SyncService
@@ -53,7 +54,7 @@ def sync(
             settings,
             st,
             sources,
-            trained_on=_trained_on(settings),
+            trained_on=trained_on(settings),
             bar=no_bar if json_ else progress_bar,
             enqueue=not no_trigger,
         )
@@ -103,16 +104,3 @@ def _sources(
         raise ConfigError("-t cvat needs --task N")
     spec = {"project": project} if target == "labelstudio" else {"task": task}
     return [SyncSource(platform=target, url=url, **spec)]  # type: ignore[arg-type]
-
-
-def _trained_on(settings):  # type: ignore[no-untyped-def]
-    """The dataset version the champion of the model line was trained on (the registry's answer,
-    asked on each pass: a promotion elsewhere moves the trigger's baseline)."""
-
-    def ask() -> str | None:
-        from labelloop.backend.registry.lines import champion  # lazy: MLflow costs ~1 s to import
-
-        ref = champion(settings, fetch=False)
-        return ref.dataset_version if ref else None
-
-    return ask
