@@ -13,6 +13,7 @@ from labelloop.cli import (  # noqa: F401  (they register commands)
     models,
     prelabel,
     pull,
+    select,
     serve,
     sync,
     train,
