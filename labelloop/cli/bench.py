@@ -59,3 +59,16 @@ def bench_sync(
     from labelloop.bench.sync import bench_sync as run
 
     run(tasks, out, url=url, token=token, pg_url=pg_url or None, project=project)
+
+
+@bench_app.command("loop")
+def bench_loop(
+    images: Annotated[int, typer.Option(help="sample images in the loop")] = 36,
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 6,
+    out: Annotated[Path, typer.Option(help="JSON results")] = Path("bench-results/loop.json"),
+) -> None:
+    """Time of each stage of one loop (sync, export, train per epoch, eval, promote-to-served)."""
+    setup_logging()
+    from labelloop.bench.loop import bench_loop as run
+
+    run(load_settings(), out, images=images, epochs=epochs)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,8 @@ class LoopReport:
     map50_95_after: float | None = None
     kept_before: float | None = None  # share of final boxes that are prelabel boxes kept as drawn
     kept_after: float | None = None
+    training: dict[str, Any] = field(default_factory=dict)  # the job's timings (s) and images per split
+    promote_to_served_s: float | None = None  # from the job's end (promotion is its last step)
     final_trigger: str | None = None  # the trigger after the second batch (baseline: the new champion)
     stages: dict[str, float] = field(default_factory=dict)  # seconds
     urls: dict[str, str] = field(default_factory=dict)
@@ -221,9 +224,12 @@ def run_demo(
             if not passed.ok or not passed.job_id:
                 raise LabelloopError(f"the sync did not enqueue a retrain: {passed.line()} {passed.trigger}")
             report.version = passed.version
+            watch = _VersionWatch(backend.url)
             with _stage(report, "train", "the worker fine-tunes, the gate judges, the registry decides..."):
-                outcome = _run_worker(s, passed.job_id)
-            images = (outcome.get("card") or {}).get("images") or {}
+                outcome, ended = _run_worker(s, passed.job_id)
+            images = (outcome.get("card") or {}).get("images")
+            report.training = {**(outcome.get("timings") or {}), "images": images}
+            images = images or {}
             report.labels_used = int(sum(images.values())) if images else len(first)
             report.promoted, report.gate_reason = bool(outcome["promoted"]), outcome["reason"]
             report.map50_95_after = _metric(outcome, "challenger")
@@ -234,6 +240,9 @@ def run_demo(
                     _wait(
                         lambda: _served(backend.url) == report.model_after, 120, "the new champion to serve"
                     )
+                served_at = watch.stop(report.model_after)
+                if served_at is not None and ended is not None:
+                    report.promote_to_served_s = round(max(0.0, served_at - ended), 3)
                 rest = {t: it for t, it in by_task.items() if t not in first}
                 with _stage(report, "reprelabel", f"re-prelabelling {len(rest)} untouched tasks..."):
                     _wait(
@@ -305,7 +314,29 @@ def _truth_by_task(
     return out
 
 
-def _run_worker(s: Settings, job_id: str) -> dict[str, Any]:
+class _VersionWatch:
+    """Polls the backend's /health every 0.1 s from a thread: when did it first serve a version."""
+
+    def __init__(self, url: str) -> None:
+        import threading
+
+        self.url, self.seen, self._stop = url, {}, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            v = _served(self.url)
+            if v is not None and v not in self.seen:
+                self.seen[v] = time.time()
+
+    def stop(self, version: str | None) -> float | None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        return self.seen.get(version) if version else None
+
+
+def _run_worker(s: Settings, job_id: str) -> tuple[dict[str, Any], float | None]:
     """``labelloop worker --queues train --burst``, as a deployment runs it; the job's outcome."""
     from rq.job import Job
 
@@ -315,8 +346,10 @@ def _run_worker(s: Settings, job_id: str) -> dict[str, Any]:
     job = Job.fetch(job_id, connection=Redis.from_url(s.queue.redis_url))
     if job.get_status() != "finished":
         tail = (done.stderr or "").strip().splitlines()[-3:]
-        raise LabelloopError(f"the retrain job {job_id} {job.get_status()}: {' | '.join(tail)}")
-    return job.return_value() or {}
+        reason = (job.meta or {}).get("failure") or " | ".join(tail)
+        raise LabelloopError(f"the retrain job {job_id} {job.get_status()}: {reason}")
+    ended = job.ended_at.replace(tzinfo=UTC).timestamp() if job.ended_at else None
+    return job.return_value() or {}, ended
 
 
 def _metric(outcome: dict[str, Any], who: str) -> float | None:
