@@ -62,7 +62,10 @@ class PredictSettings(Section):
 class FetchSettings(Section):
     image_cache_bytes: int = Field(2 * 1024**3, ge=0)
     workers: int = Field(8, ge=1, le=128)
-    timeout: float = Field(30.0, gt=0)
+    timeout: float = Field(30.0, gt=0, description="socket timeout: connect, and each read")
+    deadline_s: float = Field(
+        60.0, gt=0, description="one image's whole download, redirects included (slow-drip servers)"
+    )
     max_image_bytes: int = Field(64 * 1024**2, gt=0)
     max_image_pixels: int = Field(100_000_000, gt=0)
     allow_private_urls: bool = False
@@ -70,6 +73,7 @@ class FetchSettings(Section):
     env_names: ClassVar[dict[str, str]] = {
         "workers": "LABELLOOP_FETCH_WORKERS",
         "timeout": "LABELLOOP_FETCH_TIMEOUT",
+        "deadline_s": "LABELLOOP_FETCH_DEADLINE_S",
     }
 
 
@@ -80,6 +84,12 @@ class ServeSettings(Section):
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = None
     bearer_token: str | None = None
+    trusted_label_studio_urls: list[str] = Field(
+        default_factory=list,
+        description="Label Studio URLs a /setup hostname may name besides LABELLOOP_LABEL_STUDIO_URL "
+        "(others are under the private-address rules)",
+    )
+    metrics_open: bool = Field(False, description="serve /metrics without auth (a scraper on the network)")
     follow_line: bool | None = Field(
         None,
         description="serve the model line's champion and hot-reload it when promoted; default: "
@@ -245,6 +255,58 @@ class Settings(BaseModel):
                     value = json.dumps(_plain(value))
                 env[section_cls.env_name(field)] = str(value)
         return env
+
+
+SECRETS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("serve", "basic_auth_pass"),
+        ("serve", "bearer_token"),
+        ("labelstudio", "token"),
+        ("cvat", "password"),
+        ("cvat", "access_token"),
+    }
+)
+"""Fields that never leave this process in a job payload (each worker reads its own)."""
+_URLS = (("store", "url"), ("queue", "redis_url"), ("registry", "mlflow_tracking_uri"))
+
+
+REDACTED = "***"
+
+
+def _redact_url(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    if not sep or "@" not in netloc:
+        return url
+    userinfo, host = netloc.rsplit("@", 1)
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:{REDACTED}@{host}{slash}{path}"
+
+
+def public_dump(settings: Settings) -> dict[str, Any]:
+    """``settings`` as JSON for a job's arguments, without secrets: SECRETS left out (None) and the
+    password of any URL masked; :func:`with_local_secrets` fills them back in on the worker."""
+    out = settings.model_dump(mode="json")
+    for section, field in SECRETS:
+        out[section][field] = None
+    for section, field in _URLS:
+        if out[section][field]:
+            out[section][field] = _redact_url(out[section][field])
+    return out
+
+
+def with_local_secrets(public: Settings, local: Settings) -> Settings:
+    """``public`` (from a job payload) with what it left out taken from ``local`` (the worker's own
+    settings): the secrets, and the URLs whose password was masked."""
+    changes: dict[str, dict[str, Any]] = {}
+    for section, field in SECRETS:
+        value = getattr(getattr(local, section), field)
+        if getattr(getattr(public, section), field) is None and value is not None:
+            changes.setdefault(section, {})[field] = value
+    for section, field in _URLS:
+        if f":{REDACTED}@" in (getattr(getattr(public, section), field) or ""):
+            changes.setdefault(section, {})[field] = getattr(getattr(local, section), field)
+    return public.with_(**changes) if changes else public
 
 
 SECTIONS: dict[str, type[Section]] = {

@@ -11,6 +11,7 @@ least-recently-used cache. Every failure is a ``FetchError`` whose ``kind`` says
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import ipaddress
@@ -18,16 +19,19 @@ import logging
 import os
 import socket
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urljoin, urlparse
 
+import certifi
 import numpy as np
-import requests
 from PIL import Image, ImageOps, UnidentifiedImageError
+from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from labelloop.errors import ErrorKind, FetchError, LabelloopError
 from labelloop.fsutil import atomic_write
@@ -46,10 +50,12 @@ Headers = Mapping[str, str] | Callable[[], Mapping[str, str]]
 @dataclass(frozen=True)
 class LabelStudioFiles:
     """Where relative ``/data/...`` URLs live, and the headers that may read them: a mapping, or a
-    callable asked before each download (so a short-lived access token can be renewed)."""
+    callable asked before each download (so a short-lived access token can be renewed). Only a
+    ``trusted`` server (configured, or allowlisted) may be on a private address."""
 
     url: str
     headers: Headers = field(default_factory=dict)
+    trusted: bool = True  # False: a URL a request named, under the private-address rules like any URL
 
     def auth_headers(self) -> dict[str, str]:
         return dict(self.headers() if callable(self.headers) else self.headers)
@@ -126,23 +132,109 @@ class DiskCache:
             total -= size
 
 
-def _is_private(host: str) -> bool:
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except socket.gaierror as e:
-        raise FetchError(f"cannot resolve host {host!r}: {e.strerror}", ErrorKind.FETCH_FAILED) from e
-    for info in infos:
-        ip = ipaddress.ip_address(info[4][0].split("%")[0])
-        if (
-            ip.is_private
-            or ip.is_loopback
-            or ip.is_link_local
-            or ip.is_reserved
-            or ip.is_multicast
-            or ip.is_unspecified
-        ):
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # well-known NAT64: the last 32 bits are an IPv4 address
+_BLOCKED_V6 = tuple(
+    ipaddress.ip_network(n) for n in ("64:ff9b:1::/48", "2001:db8::/32", "3fff::/20", "fec0::/10", "::/96")
+)  # local-use NAT64, documentation (old and new), site-local, IPv4-compatible: Python calls some global
+CLOUD_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+"""Object stores read through fsspec. Every other scheme (ftp, gopher, dict, data, memory, ...) is
+refused: fsspec would happily fetch them, past the address checks."""
+MAX_REDIRECTS = 5
+
+
+def blocked_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """True for any address that is not public unicast: private, loopback, link-local, CGNAT,
+    reserved, documentation, multicast, unspecified, and IPv6 forms that embed such an IPv4
+    address (IPv4-mapped, NAT64, 6to4, Teredo)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return blocked_address(ip.ipv4_mapped)
+        if ip in _NAT64:
+            return blocked_address(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if ip.sixtofour is not None and blocked_address(ip.sixtofour):
             return True
-    return False
+        if ip.teredo is not None and blocked_address(ip.teredo[1]):
+            return True
+        if any(ip in n for n in _BLOCKED_V6):
+            return True
+    return not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified
+
+
+def resolve(host: str, port: int) -> list[str]:
+    """The addresses ``host`` resolves to, resolved once: the connection goes to one of exactly
+    these (no second lookup a rebinding DNS server could answer differently)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        why = e.strerror if isinstance(e, socket.gaierror) else str(e)
+        raise FetchError(f"cannot resolve host {host!r}: {why}", ErrorKind.FETCH_FAILED) from e
+    out: list[str] = []
+    for info in infos:
+        ip = str(info[4][0]).split("%")[0]
+        if ip not in out:
+            out.append(ip)
+    return out
+
+
+def safe_url(url: str) -> str:
+    """``url`` for messages and logs: no user:password, no query (a presigned URL's signature is a
+    credential)."""
+    try:
+        p = urlparse(url)
+        netloc = p.netloc.rsplit("@", 1)[-1]
+    except ValueError:
+        return "<unparsable URL>"
+    return f"{p.scheme}://{netloc}{p.path}" + ("?..." if p.query else "") if p.scheme else url
+
+
+class _Pinned:
+    """Connects to addresses resolved and checked beforehand, never resolving the host again;
+    the Host header, SNI and certificate check still use the host name."""
+
+    pinned: list[str]
+    port: int
+    timeout: float
+    socket_options: Any
+
+    def _new_conn(self) -> socket.socket:
+        from urllib3.util.connection import create_connection
+
+        err: OSError | None = None
+        for ip in self.pinned:
+            try:
+                return create_connection((ip, self.port), self.timeout, socket_options=self.socket_options)
+            except OSError as e:
+                err = e
+        raise err or OSError("no address to connect to")
+
+
+class _PinnedHTTP(_Pinned, HTTPConnection):
+    pass
+
+
+class _PinnedHTTPS(_Pinned, HTTPSConnection):
+    pass
+
+
+class _Watchdog:
+    """Shuts a connection's socket down at the fetch's deadline: a slow-drip server that sends a
+    byte per socket timeout would otherwise hold a fetch forever."""
+
+    def __init__(self, conn: HTTPConnection, seconds: float) -> None:
+        self.conn, self.fired = conn, False
+        self._timer = threading.Timer(max(seconds, 0.0), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        sock = getattr(self.conn, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 class ImageFetcher:
@@ -155,7 +247,6 @@ class ImageFetcher:
         self.s = settings.fetch
         self.label_studio = label_studio
         self.cache = DiskCache(settings.cache_dir / "images", self.s.image_cache_bytes)
-        self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=self.s.workers, thread_name_prefix="fetch")
 
     # ------------------------------------------------------------------ public
@@ -210,13 +301,19 @@ class ImageFetcher:
                 )
             return self._cached(
                 urljoin(ls.url + "/", uri.lstrip("/")) if uri.startswith("/") else uri,
-                lambda u: self._http(u, ls.auth_headers(), trusted=True),
+                lambda u: self._http(u, ls.auth_headers(), trusted=ls.trusted or self.s.allow_private_urls),
             )
         if parsed.scheme in ("http", "https"):
             return self._cached(uri, lambda u: self._http(u, {}, trusted=self.s.allow_private_urls))
         if parsed.scheme in ("", "file"):
             return self._local_file(Path(parsed.path if parsed.scheme else uri))
-        return self._cached(uri, self._fsspec)
+        if parsed.scheme in CLOUD_SCHEMES:
+            return self._cached(uri, self._fsspec)
+        raise FetchError(
+            f"refused {safe_url(uri)}: {parsed.scheme}:// is not fetched (http(s), "
+            f"{', '.join(sorted(CLOUD_SCHEMES))} and local paths under LABELLOOP_LOCAL_ROOTS are)",
+            ErrorKind.FETCH_REFUSED,
+        )
 
     # ------------------------------------------------------------------ sources
 
@@ -237,58 +334,122 @@ class ImageFetcher:
             self.cache.put(key, data)
         return data
 
-    def _session(self) -> requests.Session:
-        s = getattr(self._local, "session", None)
-        if s is None:
-            s = self._local.session = requests.Session()
-        return s
-
     def _http(self, url: str, headers: dict[str, str], trusted: bool) -> bytes:
-        for _ in range(5):  # follow redirects ourselves so each hop passes the SSRF check
-            host = urlparse(url).hostname or ""
-            if not trusted and _is_private(host):
-                raise FetchError(
-                    f"refused {url}: {host} is a private or loopback address "
-                    "(set LABELLOOP_ALLOW_PRIVATE_URLS=1 to allow it)",
-                    ErrorKind.FETCH_REFUSED,
-                )
-            try:
-                r = self._session().get(
-                    url, headers=headers, timeout=self.s.timeout, stream=True, allow_redirects=False
-                )
-            except requests.RequestException as e:
-                raise FetchError(
-                    f"cannot download {url}: {type(e).__name__}: {e}", ErrorKind.FETCH_FAILED
-                ) from e
-            if r.is_redirect:
-                url = urljoin(url, r.headers["location"])
+        """GET ``url`` within ``fetch.deadline_s`` in all (redirects, connect, headers, body),
+        following redirects ourselves so each hop is resolved once, checked and pinned."""
+        deadline = time.monotonic() + self.s.deadline_s
+        for _ in range(MAX_REDIRECTS + 1):
+            status, location, data = self._get(url, headers, trusted, deadline)
+            if location is not None:
+                url = urljoin(url, location)
                 headers = {}  # never send a token to where a redirect points
                 trusted = trusted and self.s.allow_private_urls
                 continue
-            if r.status_code in (401, 403):
+            if status in (401, 403):
                 raise FetchError(
-                    f"{url} answered {r.status_code}: the image needs credentials; "
+                    f"{safe_url(url)} answered {status}: the image needs credentials; "
                     "set LABELLOOP_LABEL_STUDIO_TOKEN to a token that can read the project",
                     ErrorKind.AUTH,
                 )
-            if r.status_code != 200:
-                gone = r.status_code in (404, 410)
+            if status != 200:
+                gone = status in (404, 410)
                 raise FetchError(
-                    f"{url} answered HTTP {r.status_code}",
+                    f"{safe_url(url)} answered HTTP {status}",
                     ErrorKind.FETCH_MISSING if gone else ErrorKind.FETCH_FAILED,
                 )
-            return self._bounded(r.iter_content(1 << 16), url)
-        raise FetchError(f"too many redirects fetching {url}", ErrorKind.FETCH_FAILED)
+            return data
+        raise FetchError(f"too many redirects fetching {safe_url(url)}", ErrorKind.FETCH_FAILED)
+
+    def _get(
+        self, url: str, headers: dict[str, str], trusted: bool, deadline: float
+    ) -> tuple[int, str | None, bytes]:
+        """One request: (status, redirect location or None, body of a 200)."""
+        p = urlparse(url)
+        if p.scheme not in ("http", "https"):
+            raise FetchError(
+                f"refused {safe_url(url)}: a redirect may lead only to http(s)", ErrorKind.FETCH_REFUSED
+            )
+        host = p.hostname or ""
+        try:
+            port = p.port or (443 if p.scheme == "https" else 80)
+        except ValueError as e:
+            raise FetchError(f"refused {safe_url(url)}: {e}", ErrorKind.FETCH_REFUSED) from e
+        if not host:
+            raise FetchError(f"refused {safe_url(url)}: no host", ErrorKind.FETCH_REFUSED)
+        ips = resolve(host, port)
+        if not trusted:
+            bad = [ip for ip in ips if blocked_address(ipaddress.ip_address(ip))]
+            if bad:
+                raise FetchError(
+                    f"refused {safe_url(url)}: {host} is {bad[0]}, a private, loopback or reserved "
+                    "address (set LABELLOOP_ALLOW_PRIVATE_URLS=1 to allow it)",
+                    ErrorKind.FETCH_REFUSED,
+                )
+        left = deadline - time.monotonic()
+        timeout = max(min(self.s.timeout, left), 0.001)
+        conn: HTTPConnection
+        if p.scheme == "https":
+            conn = _PinnedHTTPS(host, port, timeout=timeout, ca_certs=certifi.where())
+        else:
+            conn = _PinnedHTTP(host, port, timeout=timeout)
+        conn.pinned = ips  # type: ignore[attr-defined]
+        watchdog = _Watchdog(conn, left)
+        target = (p.path or "/") + (f"?{p.query}" if p.query else "")
+        try:
+            conn.request(
+                "GET",
+                target,
+                headers={"Accept-Encoding": "identity", "Connection": "close", **headers},
+                preload_content=False,
+                decode_content=False,
+            )
+            r = conn.getresponse()
+            if r.status in (301, 302, 303, 307, 308) and r.headers.get("location"):
+                return r.status, r.headers["location"], b""
+            if r.status != 200:
+                return r.status, None, b""
+            declared = r.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.s.max_image_bytes:
+                raise self._too_large(url)
+            data = self._bounded(iter(lambda: r.read1(1 << 16), b""), url)
+            if watchdog.fired or time.monotonic() > deadline:
+                raise self._late(url)
+            if declared.isdigit() and len(data) < int(declared):
+                raise FetchError(
+                    f"{safe_url(url)}: the connection closed after {len(data)} of {declared} bytes",
+                    ErrorKind.FETCH_FAILED,
+                )
+            return r.status, None, data
+        except FetchError:
+            raise
+        except Exception as e:  # socket, TLS, protocol errors: all of them the peer's doing
+            if watchdog.fired:
+                raise self._late(url) from e
+            raise FetchError(
+                f"cannot download {safe_url(url)}: {type(e).__name__}: {e}", ErrorKind.FETCH_FAILED
+            ) from e
+        finally:
+            watchdog.cancel()
+            conn.close()
+
+    def _late(self, url: str) -> FetchError:
+        return FetchError(
+            f"{safe_url(url)} did not finish within LABELLOOP_FETCH_DEADLINE_S={self.s.deadline_s:g}s",
+            ErrorKind.FETCH_FAILED,
+        )
+
+    def _too_large(self, what: str) -> FetchError:
+        return FetchError(
+            f"{safe_url(what)} is larger than LABELLOOP_MAX_IMAGE_BYTES={self.s.max_image_bytes}",
+            ErrorKind.FETCH_TOO_LARGE,
+        )
 
     def _bounded(self, chunks: Iterable[bytes], what: str) -> bytes:
         buf, size = io.BytesIO(), 0
         for c in chunks:
             size += len(c)
             if size > self.s.max_image_bytes:
-                raise FetchError(
-                    f"{what} is larger than LABELLOOP_MAX_IMAGE_BYTES={self.s.max_image_bytes}",
-                    ErrorKind.FETCH_TOO_LARGE,
-                )
+                raise self._too_large(what)
             buf.write(c)
         return buf.getvalue()
 

@@ -8,6 +8,10 @@ an rq worker (any host that reaches Redis), or in a thread of the app when Redis
 
 Writes are idempotent per (task, model_version) and progress is kept in ``job.meta``, so a
 retried or restarted job neither loses nor duplicates a prediction.
+
+A payload carries no secret: job arguments sit in Redis and show in rq-dashboard. The settings go
+without tokens and passwords (the worker has its own), and the Label Studio server goes as its URL
+and the /setup project string; the worker reads the token kept for that pair (``ProjectAccess``).
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from typing import Any
 
 from rq import get_current_job
 
+from labelloop.backend.inference.images import safe_url
 from labelloop.backend.serving.predict_service import PredictionService
-from labelloop.backend.serving.project_access import Credentials
+from labelloop.backend.serving.project_access import Credentials, ProjectAccess
 from labelloop.connectors.labelstudio import LabelStudioClient, push_predictions
 from labelloop.connectors.labelstudio.projects import set_model_version
-from labelloop.settings import Settings
+from labelloop.errors import ErrorKind, LabelloopError
+from labelloop.settings import Settings, load_settings, public_dump, with_local_secrets
 
 log = logging.getLogger(__name__)
 CHUNK = 200
@@ -46,8 +52,8 @@ def payload_for(
         "project": project,
         "label_config": label_config,
         "weights": str(weights),
-        "settings": settings.model_dump(mode="json"),
-        "label_studio": {"url": credentials.url, "token": credentials.token},
+        "settings": public_dump(settings),
+        "label_studio": {"url": credentials.url, "project": credentials.project},
     }
 
 
@@ -75,11 +81,26 @@ def _weights(settings: Settings, payload: dict[str, Any]) -> Path:
     return fetch_weights(settings, get_version(settings, ref["line"], ref["version"]))
 
 
-def predict_and_write(payload: dict[str, Any]) -> dict[str, int]:
-    """Predict ``payload['tasks']`` and import the predictions into the Label Studio project."""
-    settings = Settings.model_validate(payload["settings"])
+def credentials_for(settings: Settings, where: dict[str, Any]) -> Credentials:
+    """The token for the payload's server: the configured one, else the one /setup left for
+    (project, server); gone after its TTL, which is an AUTH failure that names the fix."""
+    creds = ProjectAccess(settings).get(str(where.get("project") or ""), str(where["url"]))
+    if creds is None:
+        raise LabelloopError(
+            f"no Label Studio token known for {safe_url(where['url'])} project {where.get('project')}: "
+            "it expired (no /setup within the TTL); open the project in Label Studio, or set "
+            "LABELLOOP_LABEL_STUDIO_URL and LABELLOOP_LABEL_STUDIO_TOKEN for the worker",
+            ErrorKind.AUTH,
+        )
+    return creds
+
+
+def predict_and_write(payload: dict[str, Any], credentials: Credentials | None = None) -> dict[str, int]:
+    """Predict ``payload['tasks']`` and import the predictions into the Label Studio project;
+    ``credentials`` only in this process (the thread fallback), never in a queued payload."""
+    settings = with_local_secrets(Settings.model_validate(payload["settings"]), load_settings())
     service = _service(settings, _weights(settings, payload))
-    creds = Credentials(**payload["label_studio"])
+    creds = credentials or credentials_for(settings, payload["label_studio"])
     files = creds.files()
     tasks: list[dict[str, Any]] = payload["tasks"]
     job = get_current_job()
@@ -120,9 +141,9 @@ def _show(creds: Credentials, project: int, model_version: str) -> None:
         log.error("project %s: cannot set model_version %s: %s", project, model_version, e)
 
 
-def run_logged(payload: dict[str, Any]) -> None:
+def run_logged(payload: dict[str, Any], credentials: Credentials | None = None) -> None:
     """``predict_and_write`` in a thread (no rq): failures go to the log."""
     try:
-        predict_and_write(payload)
+        predict_and_write(payload, credentials)
     except Exception:
         log.exception("background prediction for project %s failed", payload.get("project"))

@@ -37,9 +37,12 @@ def redis(settings: Settings, connect_timeout: float = 2, timeout: float | None 
     )
 
 
-def enqueue_predict(settings: Settings, payload: dict[str, Any]) -> str:
+def enqueue_predict(
+    settings: Settings, payload: dict[str, Any], credentials: Credentials | None = None
+) -> str:
     """Hand tasks to an rq worker (``jobs.predict.predict_and_write``); when Redis is down, run them in
-    a thread of this process instead, which a restart would interrupt, and say so. Returns a job id."""
+    a thread of this process instead (with ``credentials``: Redis cannot lend the token then), which
+    a restart would interrupt, and say so. Returns a job id."""
     try:
         conn = redis(settings)
         conn.ping()
@@ -61,7 +64,10 @@ def enqueue_predict(settings: Settings, payload: dict[str, Any]) -> str:
             e,
         )
         t = threading.Thread(
-            target=predict_job.run_logged, args=(payload,), daemon=True, name="background-predict"
+            target=predict_job.run_logged,
+            args=(payload, credentials),
+            daemon=True,
+            name="background-predict",
         )
         t.start()
         return f"thread-{t.ident}"
@@ -73,6 +79,6 @@ def predict_later(settings: Settings, weights: Callable[[], Path]) -> HandOff:
 
     def hand_off(tasks: list[dict[str, Any]], label_config: str, project: int, creds: Credentials) -> str:
         payload = predict_job.payload_for(settings, weights(), tasks, project, label_config, creds)
-        return enqueue_predict(settings, payload)
+        return enqueue_predict(settings, payload, creds)
 
     return hand_off

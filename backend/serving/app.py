@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 from labelloop.backend.jobs.queues import predict_later
 from labelloop.backend.serving import metrics
 from labelloop.backend.serving.auth import Authenticator
+from labelloop.backend.serving.openapi import openapi_document
 from labelloop.backend.serving.predict_service import PredictionService, PredictRequest
 from labelloop.backend.serving.project_access import ProjectAccess
 from labelloop.backend.serving.webhooks import WebhookLog
@@ -30,13 +32,16 @@ from labelloop.settings import Settings
 
 log = logging.getLogger(__name__)
 OPEN = ("health",)  # liveness needs no credentials
+MAX_BODY_BYTES = 512 * 1024**2  # a 10,000-task /predict is a few MB; this bounds a hostile one
 
 
 def _status(kind: ErrorKind) -> int:
     return 422 if kind is ErrorKind.CONFIG else 400
 
 
-def _endpoint(name: str, auth: Authenticator) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
+def _endpoint(
+    name: str, auth: Authenticator, open_: tuple[str, ...] = OPEN
+) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
     """Auth, one JSON error message per failure (counted by kind), request count and latency."""
 
     def deco(fn: Callable[..., Response]) -> Callable[..., Response]:
@@ -44,7 +49,7 @@ def _endpoint(name: str, auth: Authenticator) -> Callable[[Callable[..., Respons
         def wrapper(*a: Any, **kw: Any) -> Response:
             t = time.monotonic()
             try:
-                if name not in OPEN and not auth.allows(request):
+                if name not in open_ and not auth.allows(request):
                     metrics.error(ErrorKind.AUTH)
                     resp = auth.challenge()
                 else:
@@ -54,10 +59,14 @@ def _endpoint(name: str, auth: Authenticator) -> Callable[[Callable[..., Respons
                 log.warning("%s: %s", name, e)
                 resp = jsonify(error=str(e))
                 resp.status_code = _status(e.kind)
+            except HTTPException as e:  # e.g. a body over MAX_CONTENT_LENGTH
+                resp = jsonify(error=f"{e.name}: {e.description}")
+                resp.status_code = e.code or 400
             except Exception as e:
                 metrics.error(kind_of(e))
                 log.exception("%s failed", name)
-                resp = jsonify(error=f"internal error: {type(e).__name__}: {e}")
+                # the text of an unknown exception may hold a URL or a header: it stays in the log
+                resp = jsonify(error=f"internal error ({type(e).__name__}); the ML backend's log has more")
                 resp.status_code = 500
             metrics.request(name, resp.status_code, time.monotonic() - t)
             return resp
@@ -74,18 +83,33 @@ def _body() -> dict[str, Any]:
     return data
 
 
+def _text(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise LabelloopError(f"'{key}' must be a string", ErrorKind.REJECTED)
+
+
 def create_app(settings: Settings, weights: Path, service: PredictionService | None = None) -> Flask:
     app = Flask("labelloop")
     app.json.sort_keys = False
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     if service is None:
         service = PredictionService(settings, weights, access=ProjectAccess(settings))
         service.hand_off = predict_later(settings, lambda: service.weights)
     app.extensions["labelloop"] = service
     webhooks = WebhookLog(settings)
     auth = Authenticator(settings.serve)
+    open_ = (*OPEN, "metrics") if settings.serve.metrics_open else OPEN
 
     def endpoint(name: str) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
-        return _endpoint(name, auth)
+        return _endpoint(name, auth, open_)
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException) -> Response:  # 404, 405, ...: JSON like every other error
+        resp = jsonify(error=f"{e.name}: {e.description}")
+        resp.status_code = e.code or 400
+        return resp
 
     @app.get("/health")
     @app.get("/")
@@ -104,7 +128,10 @@ def create_app(settings: Settings, weights: Path, service: PredictionService | N
     @endpoint("setup")
     def setup() -> Response:
         data = _body()
-        version = service.setup(data.get("project"), data.get("hostname"), data.get("access_token"))
+        project = data.get("project")
+        if project is not None and not isinstance(project, str | int):
+            raise LabelloopError("'project' must be a string or a number", ErrorKind.REJECTED)
+        version = service.setup(project, _text(data, "hostname"), _text(data, "access_token"))
         return jsonify(model_version=version)
 
     @app.get("/versions")
@@ -122,6 +149,11 @@ def create_app(settings: Settings, weights: Path, service: PredictionService | N
     @endpoint("webhook")
     def webhook() -> Response:
         return jsonify(status="ok", action=webhooks.record(_body()))
+
+    @app.get("/openapi.json")
+    @endpoint("openapi")
+    def openapi() -> Response:
+        return jsonify(openapi_document(service.model_version))
 
     @app.get("/metrics")
     @endpoint("metrics")

@@ -65,9 +65,16 @@ class PredictRequest:
         tasks = body.get("tasks")
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise LabelloopError("'tasks' must be a list of task objects", ErrorKind.REJECTED)
-        label_config = body.get("label_config") or (body.get("params") or {}).get("label_config") or ""
+        params = body.get("params")
+        if params is not None and not isinstance(params, dict):
+            raise LabelloopError("'params' must be an object", ErrorKind.REJECTED)
+        label_config = body.get("label_config") or (params or {}).get("label_config") or ""
+        if not isinstance(label_config, str):
+            raise LabelloopError("'label_config' must be a string (the project's XML)", ErrorKind.REJECTED)
         project = body.get("project")
-        return cls(tasks, str(label_config), "" if project is None else str(project))
+        if project is not None and not isinstance(project, str | int):
+            raise LabelloopError("'project' must be a string or a number", ErrorKind.REJECTED)
+        return cls(tasks, label_config, "" if project is None else str(project))
 
 
 class PredictionService:
@@ -171,7 +178,7 @@ class PredictionService:
         report: BatchReport,
     ) -> None:
         project = project_id(request.project)
-        if creds is None or not project or self.hand_off is None:
+        if creds is None or not project.isdigit() or self.hand_off is None:
             log.error(
                 "%d task(s) not predicted within %.0fs and no Label Studio URL to write them later; "
                 "set LABELLOOP_LABEL_STUDIO_URL/TOKEN",

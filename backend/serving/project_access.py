@@ -7,21 +7,29 @@ keyed by that project string AND the server URL (two Label Studio servers may bo
 3), and they expire after ``ttl_s`` without a ``/setup``. When Redis is unreachable this process's
 memory still serves what it was told. Configured settings (LABELLOOP_LABEL_STUDIO_URL/_TOKEN) win
 over what a request said.
+
+Trust: ``/setup`` needs no Label Studio credentials, so its ``hostname`` is whatever the caller
+says. Only the configured URL and ``serve.trusted_label_studio_urls`` may be private addresses; any
+other hostname is refused at ``/setup`` when it resolves to one (the answer says why, and Label
+Studio shows it), and its image fetches stay under the private-address rules like any URL.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 from redis import Redis
 
-from labelloop.backend.inference.images import LabelStudioFiles
+from labelloop.backend.inference.images import LabelStudioFiles, blocked_address, resolve, safe_url
 from labelloop.connectors.labelstudio.auth import auth_header
+from labelloop.errors import ErrorKind, FetchError
 from labelloop.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,17 +42,66 @@ class Credentials:
 
     url: str
     token: str | None = None
+    trusted: bool = field(default=True, compare=False)  # configured or allowlisted; else: the URL rules
+    project: str = field(default="", compare=False)  # the /setup project string ("" when configured)
 
     def files(self) -> LabelStudioFiles:
         """Where the fetcher reads this server's files, with the auth header Label Studio wants
         (a personal access token is exchanged for a short-lived one, renewed as needed)."""
         url, token = self.url, self.token
-        return LabelStudioFiles(url, lambda: auth_header(token, url))
+        return LabelStudioFiles(url, lambda: auth_header(token, url), trusted=self.trusted)
+
+    def __repr__(self) -> str:  # a token must not reach a log line through a repr
+        return f"Credentials(url={self.url!r}, token={'***' if self.token else None}, trusted={self.trusted})"
 
 
 def configured(settings: Settings) -> Credentials | None:
     ls = settings.labelstudio
     return Credentials(ls.url, ls.token) if ls.url else None
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a URL: what two spellings of one server share."""
+    p = urlparse(url.strip())
+    try:
+        port = p.port
+    except ValueError:
+        port = None
+    return p.scheme.lower(), (p.hostname or "").lower(), port or (443 if p.scheme == "https" else 80)
+
+
+def trusted_origins(settings: Settings) -> set[tuple[str, str, int]]:
+    """The configured Label Studio URL and the allowlist: the servers that may be private."""
+    urls = [settings.labelstudio.url or "", *settings.serve.trusted_label_studio_urls]
+    return {origin(u) for u in urls if u}
+
+
+def check_hostname(settings: Settings, hostname: str) -> bool:
+    """Whether a /setup ``hostname`` is trusted; raises when it may not be used at all: not http(s),
+    or a private address that is not allowlisted."""
+    p = urlparse(hostname)
+    if p.scheme not in ("http", "https") or not p.hostname:
+        raise FetchError(
+            f"/setup hostname {safe_url(hostname)!r} is not an http(s) URL of a Label Studio server",
+            ErrorKind.FETCH_REFUSED,
+        )
+    if origin(hostname) in trusted_origins(settings):
+        return True
+    if settings.fetch.allow_private_urls:
+        return False
+    try:
+        ips = resolve(p.hostname, origin(hostname)[2])
+    except FetchError:
+        return False  # nothing to reach yet; each fetch resolves and checks again
+    bad = [ip for ip in ips if blocked_address(ipaddress.ip_address(ip))]
+    if bad:
+        raise FetchError(
+            f"refused /setup hostname {safe_url(hostname)}: it is {bad[0]}, a private address, and "
+            "not a trusted Label Studio URL; add it to LABELLOOP_TRUSTED_LABEL_STUDIO_URLS (or set "
+            "LABELLOOP_LABEL_STUDIO_URL) on the ML backend",
+            ErrorKind.FETCH_REFUSED,
+        )
+    return False
 
 
 def project_id(project: Any) -> str:
@@ -66,8 +123,12 @@ class ProjectAccess:
         return f"{self.settings.queue.prefix}:ls-access:{project}"
 
     def remember(self, project: str, hostname: str | None, token: str | None) -> None:
+        """Keep what ``/setup`` said; a hostname that may not be used raises (see ``check_hostname``),
+        unless a configured server makes the hostname irrelevant."""
         if not hostname or not project:
             return
+        if configured(self.settings) is None:
+            check_hostname(self.settings, hostname)
         url, now = hostname.rstrip("/"), time.time()
         with self._lock:
             self._mem[(project, url)] = (token, now)
@@ -114,4 +175,28 @@ class ProjectAccess:
         if not live:
             return None
         url = max(live, key=lambda u: live[u][1])
-        return Credentials(url, live[url][0])
+        return self._credentials(project, url, live[url][0])
+
+    def _credentials(self, project: str, url: str, token: str | None) -> Credentials:
+        return Credentials(url, token, origin(url) in trusted_origins(self.settings), project)
+
+    def get(self, project: str, url: str) -> Credentials | None:
+        """The credentials for exactly this (project, server), when known and unexpired: what a
+        background job looks up (its arguments carry no token)."""
+        fixed = configured(self.settings)
+        if fixed is not None and origin(fixed.url) == origin(url):
+            return fixed
+        url, now = url.rstrip("/"), time.time()
+        with self._lock:
+            found = self._mem.get((project, url))
+        try:
+            raw = self._redis.hget(self._key(project), url)
+            if raw is not None:
+                value = json.loads(raw)
+                if found is None or float(value["at"]) >= found[1]:
+                    found = (value.get("token"), float(value["at"]))
+        except Exception as e:
+            log.debug("cannot read Label Studio access from Redis: %s", e)
+        if found is None or now - found[1] > self.ttl_s:
+            return None
+        return self._credentials(project, url, found[0])

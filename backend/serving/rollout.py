@@ -87,7 +87,7 @@ def roll_out_project(settings: Settings, ref: ModelRef, project: int, creds: Cre
     payload = payload_for(settings, ref.weights or Path(), tasks, project, label_config, creds)
     payload["registry"] = {"line": ref.line, "version": ref.version}  # a worker on another host fetches
     payload["set_model_version"] = not is_set  # then once predictions of it exist, which LS accepts
-    job = enqueue_predict(settings, payload)
+    job = enqueue_predict(settings, payload, creds)
     log.info(
         "rollout of %s: project %d model_version %s, %d unannotated task(s) to prelabel in job %s",
         ref.model_version,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import subprocess
@@ -13,7 +14,26 @@ import typer
 from labelloop.backend.inference.weights import resolve_weights
 from labelloop.backend.serving.gunicorn import run_gunicorn
 from labelloop.cli.common import ModelOpt, app, console, setup_logging
-from labelloop.settings import load_settings
+from labelloop.settings import Settings, load_settings
+
+
+def open_to_network(settings: Settings) -> str | None:
+    """The one warning line for a backend bound beyond loopback with no auth, else None."""
+    s = settings.serve
+    if s.bearer_token or s.basic_auth_user:
+        return None
+    host = s.host.strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return None
+    return (
+        f"WARNING: serving on {s.host}:{s.port} without auth: anyone who reaches this port may call "
+        "/setup, /predict and /webhook; set LABELLOOP_BEARER_TOKEN (or LABELLOOP_BASIC_AUTH_USER/_PASS) "
+        "and the same in Label Studio's ML backend form, or --host 127.0.0.1"
+    )
 
 
 @app.command()
@@ -36,6 +56,9 @@ def serve(
         env = {**os.environ, **settings.environment()}
         cmd = [sys.executable, "-m", "labelloop.cli", "worker", "--queues", "predict"]
         child = subprocess.Popen(cmd, env=env)  # predictions only: training belongs on `labelloop worker`
+    warning = open_to_network(settings)
+    if warning:
+        console.print(warning, style="bold yellow", highlight=False, soft_wrap=True)
     try:
         console.print(
             f"labelloop ML backend: http://{settings.serve.host}:{settings.serve.port}  model {weights}"
