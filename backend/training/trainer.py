@@ -20,6 +20,7 @@ from labelloop.backend.inference.demo_model import build_demo_model
 from labelloop.backend.inference.runtime import pick_device
 from labelloop.backend.inference.yolo_env import ensure_yolo_env, without_ultralytics_mlflow
 from labelloop.backend.training.recipe import Recipe, Stage, make_recipe
+from labelloop.backend.training.sample_weights import weight_pseudo
 from labelloop.errors import ConfigError, DataError, ModelError, TrainingCancelled
 from labelloop.settings import Settings
 from labelloop.sync.export import ExportReport, export_version
@@ -169,6 +170,7 @@ def train_version(
         progress(TrainProgress("export", 0, recipe.epochs, seconds=time.monotonic() - t0))
     rep = export_for_training(store, version_ref, workdir / "data")
     data_yaml = Path(rep.out) / "data.yaml"
+    weight_pseudo(store, version_ref, data_yaml)  # pseudo-labels count W_PSEUDO of a human one
     seconds = {"export": time.monotonic() - t0}
     hooks.check_cancel()
 
