@@ -136,6 +136,9 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # well-known NAT64: the last 32 b
 _BLOCKED_V6 = tuple(
     ipaddress.ip_network(n) for n in ("64:ff9b:1::/48", "2001:db8::/32", "3fff::/20", "fec0::/10", "::/96")
 )  # local-use NAT64, documentation (old and new), site-local, IPv4-compatible: Python calls some global
+_BLOCKED_V4 = tuple(ipaddress.ip_network(n) for n in ("192.0.0.0/24", "192.88.99.0/24"))
+"""IETF protocol assignments (Python's is_global lets 192.0.0.8-10 through) and the deprecated 6to4
+relay anycast: neither is a place images live."""
 CLOUD_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
 """Object stores read through fsspec. Every other scheme (ftp, gopher, dict, data, memory, ...) is
 refused: fsspec would happily fetch them, past the address checks."""
@@ -157,6 +160,8 @@ def blocked_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
             return True
         if any(ip in n for n in _BLOCKED_V6):
             return True
+    elif any(ip in n for n in _BLOCKED_V4):
+        return True
     return not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified
 
 
