@@ -67,6 +67,7 @@ def backend(
     poll_s: float = 1.0,
     images: Path | None = None,
     imgsz: int | None = 64,
+    **extra: str,
 ) -> BackendProcess:
     env = {
         "LABELLOOP_MLFLOW_TRACKING_URI": str(settings.registry.mlflow_tracking_uri),
@@ -76,6 +77,7 @@ def backend(
         "LABELLOOP_HTTP_WORKERS": str(workers),
         **({"LABELLOOP_IMGSZ": str(imgsz)} if imgsz else {}),
         **({"LABELLOOP_LOCAL_ROOTS": str(images)} if images else {}),
+        **extra,
     }
     b = BackendProcess(tmp_path / f"backend-{uuid.uuid4().hex[:6]}", weights, redis_url, env)
     return b.start(timeout=180)
@@ -225,7 +227,15 @@ def test_label_studio_project_follows_the_champion_and_is_reprelabelled(
     line = s.train.model_line
     v1, v2 = add_version(s, demo_weights), add_version(s, demo_weights)
     lines.promote(s, line, v1)
-    b = backend(tmp_path, s, demo_weights, redis_url, poll_s=1.0, imgsz=None)
+    b = backend(
+        tmp_path,
+        s,
+        demo_weights,
+        redis_url,
+        poll_s=1.0,
+        imgsz=None,
+        LABELLOOP_TRUSTED_LABEL_STUDIO_URLS=ls.url,
+    )
     settings = s.with_(queue_prefix=b.prefix)
 
     h = ls.headers()

@@ -94,7 +94,7 @@ def _predictions(ls, project: int) -> list[dict]:
 
 def test_prelabels_scores_ordering_and_corrupt_image(label_studio, backend_factory, tmp_path: Path) -> None:
     ls = label_studio
-    backend = backend_factory()
+    backend = backend_factory(LABELLOOP_TRUSTED_LABEL_STUDIO_URLS=ls.url)  # its /setup names a loopback URL
     version = requests.get(f"{backend.url}/versions").json()["versions"][0]
     project = _project(ls, "shapes e2e")
     good = _upload(ls, project, shape_images(tmp_path / "img", 8))
@@ -166,7 +166,9 @@ def test_ten_thousand_tasks_in_one_request(label_studio, backend_factory, tmp_pa
     response, the rest by the rq worker through Label Studio's bulk import, none twice."""
     ls = label_studio
     n = 10_000
-    backend = backend_factory(LABELLOOP_PREDICT_BUDGET_S="3", LABELLOOP_IMGSZ="128")
+    backend = backend_factory(
+        LABELLOOP_PREDICT_BUDGET_S="3", LABELLOOP_IMGSZ="128", LABELLOOP_TRUSTED_LABEL_STUDIO_URLS=ls.url
+    )
     project = _project(ls, "ten thousand")
     uploaded = _upload(ls, project, shape_images(tmp_path / "img", 16, size=128, seed=3))
     r = requests.get(f"{ls.url}/api/tasks?project={project}&page_size=100&fields=all", headers=ls.headers())

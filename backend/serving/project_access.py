@@ -61,13 +61,20 @@ def configured(settings: Settings) -> Credentials | None:
 
 
 def origin(url: str) -> tuple[str, str, int]:
-    """(scheme, host, port) of a URL: what two spellings of one server share."""
+    """(scheme, host, port) of a URL: what two spellings of one server share. Loopback names are
+    one host: Label Studio reports itself as ``http://localhost:<port>`` when it has no HOST set,
+    while its URL is configured as ``http://127.0.0.1:<port>``."""
     p = urlparse(url.strip())
     try:
         port = p.port
     except ValueError:
         port = None
-    return p.scheme.lower(), (p.hostname or "").lower(), port or (443 if p.scheme == "https" else 80)
+    host = (p.hostname or "").lower()
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    return p.scheme.lower(), "localhost" if loopback else host, port or (443 if p.scheme == "https" else 80)
 
 
 def trusted_origins(settings: Settings) -> set[tuple[str, str, int]]:
