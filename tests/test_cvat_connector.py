@@ -564,7 +564,7 @@ def _full_size_task(tmp_path: Path, conn: CvatClient, name: str):  # type: ignor
     """A task of 320-px shape images the demo detector sees well."""
     from labelloop.backend.inference.demo_model import render_shapes
 
-    paths = make_images(tmp_path / "img", 3)
+    paths = make_images(tmp_path / "img", 5)
     rng = np.random.default_rng(5)
     for p in paths:
         render_shapes(rng, size=320)[0].save(p)
@@ -636,18 +636,19 @@ def test_cli_agent_function_against_peer(
     assert fn["kind"] == "detector" and [lb["name"] for lb in fn["labels_v2"]] == LABELS
     assert {lb["type"] for lb in fn["labels_v2"]} == {"rectangle"}
 
-    done = peer.request_annotation(fid, task.task_id, threshold=0.3)
+    # a threshold the demo detector's boxes pass on most images (its confidences vary per build)
+    done = peer.request_annotation(fid, task.task_id, threshold=0.15)
     _cvat_cli(tmp_path, peer, "function", "run-agent", str(fid), *_function_args(demo_weights), "--burst")
     assert peer.ars[done]["status"] == "finished", peer.ars[done]
     shapes = server_shapes(peer, task.task_id)
-    assert shapes and all(s["source"] == "auto" and 0.3 <= s["score"] <= 1 for s in shapes)
+    assert shapes and all(s["source"] == "auto" and 0.15 <= s["score"] <= 1 for s in shapes)
     _assert_prelabelled(conn, task.task_id)
 
     # a request the function cannot serve (a task without its labels) fails with CVAT's message,
     # and the agent goes on: the next request is served
     bad = create_task(conn, "no-shapes", [tmp_path / "img" / "img0000.png"], ["car"])
     failing = peer.request_annotation(fid, bad.task_id)
-    again = peer.request_annotation(fid, task.task_id, threshold=0.3, cleanup=True)
+    again = peer.request_annotation(fid, task.task_id, threshold=0.15, cleanup=True)
     _cvat_cli(tmp_path, peer, "function", "run-agent", str(fid), *_function_args(demo_weights), "--burst")
     assert peer.ars[failing]["status"] == "failed"
     assert "label 'circle' is not in dataset" in peer.ars[failing]["exc_info"]
