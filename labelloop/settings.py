@@ -208,6 +208,17 @@ class SelectSettings(Section):
     weight_diversity: float = 0.2
 
 
+class PseudoSettings(Section):
+    """Pseudo-labels (the seeds' dual thresholds and loss weight): a box is kept when its class
+    confidence >= t_cls and its TTA stability >= t_loc; a pseudo image counts w_pseudo of a human one."""
+
+    env_prefix: ClassVar[str] = "LABELLOOP_PSEUDO_"
+    t_cls: float = Field(0.9, ge=0, le=1, description="minimum class confidence of a kept box")
+    t_loc: float = Field(0.8, ge=0, le=1, description="minimum TTA box stability (IoU) of a kept box")
+    w_pseudo: float = Field(0.3, gt=0, le=1, description="training weight of a pseudo image vs a human one")
+    env_names: ClassVar[dict[str, str]] = {"w_pseudo": "LABELLOOP_PSEUDO_WEIGHT"}
+
+
 class Settings(BaseModel):
     """All settings. Flat names from before the sections (``Settings(conf=0.3)``) still work: they
     are routed to the one section that has the field."""
@@ -227,6 +238,7 @@ class Settings(BaseModel):
     gate: GateSettings = Field(default_factory=GateSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     select: SelectSettings = Field(default_factory=SelectSettings)
+    pseudo: PseudoSettings = Field(default_factory=PseudoSettings)
 
     @model_validator(mode="before")
     @classmethod

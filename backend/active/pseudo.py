@@ -10,7 +10,8 @@ Stored through the ordinary ingest with label source ``pseudo`` under their own 
 (``PSEUDO_TARGET``), never a platform's, so a platform pull never tombstones them and a human
 annotation of the same image always wins in a version (:mod:`labelloop.sync.versions`). Versions
 put machine labels in train only; val stays human (:mod:`labelloop.sync.splits`). Training weighs
-them ``W_PSEUDO`` of a human label (:mod:`labelloop.backend.training.sample_weights`).
+them ``settings.pseudo.w_pseudo`` of a human label (:mod:`labelloop.backend.training.sample_weights`).
+Thresholds come from ``settings.pseudo`` (``LABELLOOP_PSEUDO_T_CLS`` / ``_T_LOC``).
 """
 
 from __future__ import annotations
@@ -24,16 +25,16 @@ import numpy as np
 from labelloop.backend.active.tta import Stability, stability
 from labelloop.backend.inference.predictor import Predictor
 from labelloop.connectors.platform import Cursor, PulledAnnotation, PullResult, Target
+from labelloop.settings import PseudoSettings
 from labelloop.sync.ingest import IngestReport, ingest
 from labelloop.sync.store.engine import Store
 from labelloop.types import ImageItem, Provenance, Source
 
-T_CLS = 0.9
-T_LOC = 0.8
+_DEFAULT = PseudoSettings()  # the settings' defaults, so a bare keep() matches an unconfigured run
 PSEUDO_TARGET = Target("labelstudio", "pseudo://labelloop", 0)
 
 
-def keep(s: Stability, t_cls: float = T_CLS, t_loc: float = T_LOC) -> ImageItem | None:
+def keep(s: Stability, t_cls: float = _DEFAULT.t_cls, t_loc: float = _DEFAULT.t_loc) -> ImageItem | None:
     """The image's pseudo-label, or None when a box fails a threshold or there is none."""
     regions = s.item.regions
     if not regions:
@@ -50,9 +51,17 @@ def keep(s: Stability, t_cls: float = T_CLS, t_loc: float = T_LOC) -> ImageItem 
 
 
 def pseudo_label(
-    predictor: Predictor, images: Sequence[np.ndarray], *, t_cls: float = T_CLS, t_loc: float = T_LOC
+    predictor: Predictor,
+    images: Sequence[np.ndarray],
+    *,
+    t_cls: float | None = None,
+    t_loc: float | None = None,
 ) -> list[ImageItem | None]:
-    """Each RGB image's pseudo-label (None: not sure enough), in order."""
+    """Each RGB image's pseudo-label (None: not sure enough), in order; thresholds not given come
+    from the predictor's ``settings.pseudo``."""
+    cfg = predictor.settings.pseudo
+    t_cls = cfg.t_cls if t_cls is None else t_cls
+    t_loc = cfg.t_loc if t_loc is None else t_loc
     return [keep(s, t_cls, t_loc) for s in stability(predictor, images)]
 
 

@@ -18,8 +18,6 @@ from labelloop.sync.store.engine import Store
 from labelloop.sync.versions import entries, get_version
 from labelloop.types import Source
 
-W_PSEUDO = 0.3  # the seeds' 0.1-0.5; one place to change until it becomes a setting
-
 
 def repeats(w: float) -> int:
     """How often a human image is listed for one listing of a pseudo image of weight ``w``."""
@@ -28,9 +26,9 @@ def repeats(w: float) -> int:
     return max(1, round(1.0 / w))
 
 
-def weight_pseudo(store: Store, version_ref: str, data_yaml: Path, w: float = W_PSEUDO) -> dict[str, int]:
+def weight_pseudo(store: Store, version_ref: str, data_yaml: Path, w: float) -> dict[str, int]:
     """Rewrite the export's ``train`` as a list with human images repeated (a no-op without pseudo
-    labels); returns {"human": n, "pseudo": n, "repeats": r}."""
+    labels); ``w`` is ``settings.pseudo.w_pseudo``; returns {"human": n, "pseudo": n, "repeats": r}."""
     with store.session() as s:
         v = get_version(s, version_ref)
         source = {e.item_sha: e.label_source for e in entries(s, v.id) if e.split == "train"}

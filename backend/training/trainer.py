@@ -170,7 +170,7 @@ def train_version(
         progress(TrainProgress("export", 0, recipe.epochs, seconds=time.monotonic() - t0))
     rep = export_for_training(store, version_ref, workdir / "data")
     data_yaml = Path(rep.out) / "data.yaml"
-    weight_pseudo(store, version_ref, data_yaml)  # pseudo-labels count W_PSEUDO of a human one
+    weight_pseudo(store, version_ref, data_yaml, settings.pseudo.w_pseudo)  # pseudo images count less
     seconds = {"export": time.monotonic() - t0}
     hooks.check_cancel()
 
