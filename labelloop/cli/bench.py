@@ -72,3 +72,19 @@ def bench_loop(
     from labelloop.bench.loop import bench_loop as run
 
     run(load_settings(), out, images=images, epochs=epochs)
+
+
+@bench_app.command("fuzz")
+def bench_fuzz(
+    requests_: Annotated[int, typer.Option("--requests", help="generated requests to send")] = 10_000,
+    workers: Annotated[int, typer.Option(help="gunicorn workers of the fuzzed backend")] = 2,
+    seed: Annotated[int, typer.Option(help="hypothesis seed (a run is repeatable)")] = 0,
+    out: Annotated[Path, typer.Option(help="JSON results")] = Path("bench-results/fuzz.json"),
+) -> None:
+    """Hostile payloads at every route of a backend under gunicorn: 0 5xx, every 4xx with a message,
+    no worker lost (exit 1 otherwise)."""
+    setup_logging()
+    from labelloop.bench.fuzz import bench_fuzz as run
+
+    if not run(requests_, out, workers=workers, seed=seed).ok:
+        raise typer.Exit(1)
