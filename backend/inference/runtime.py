@@ -3,7 +3,10 @@
 On CPU the default runtime is ONNX Runtime, exported once from the same weights and cached (about
 1.6x faster than PyTorch here); several single-threaded sessions beat one session's intra-op
 threads on a small model. On a GPU, PyTorch runs ``batch`` images per forward. An exported file
-(.onnx, .engine, ...) runs as what it is.
+(.onnx, .engine, ...) runs as what it is: an ONNX file (INT8 too) in parallel ONNX Runtime sessions, an
+OpenVINO IR dir (``labelloop export``) as one compiled model with ``NUM_STREAMS`` = the predictor's
+streams, CPU pinning off (two pinned processes on a small host can land on the same cores) and the
+precision its ``labelloop.json`` names (this CPU would otherwise run fp32 IRs in bf16).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import os
 import queue
 import shutil
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +25,23 @@ from labelloop.errors import ModelError
 from labelloop.fsutil import file_lock
 from labelloop.settings import PredictSettings
 
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("torch", "onnx", "openvino")
+OPENVINO_META = "labelloop.json"  # in an exported IR dir: {"format", "precision", ...}
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity mask), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def artifact_runtime(weights: Path) -> str | None:
+    """The runtime an exported artifact needs: ``onnx`` for .onnx, ``openvino`` for an IR dir."""
+    if weights.is_dir() or weights.suffix == ".xml":
+        return "openvino"
+    return "onnx" if weights.suffix == ".onnx" else None
 
 
 def pick_device(device: str) -> str:
@@ -36,6 +56,9 @@ def pick_device(device: str) -> str:
 def pick_runtime(runtime: str, device: str, weights: Path) -> str:
     if runtime != "auto":
         return runtime
+    exported = artifact_runtime(weights)
+    if device == "cpu" and exported:
+        return exported
     if device != "cpu" or weights.suffix != ".pt":
         return "torch"  # GPU: PyTorch with batching; an exported file runs as what it is
     try:
@@ -81,6 +104,9 @@ class Runtime:
         self.name, self.device, self.batch, self.onnx_path = name, device, batch, onnx_path
         self.streams = len(replicas)
         self.first = replicas[0]
+        self._ov_lock = threading.Lock()
+        self._ov_compiled: Any = None
+        self._ov_weights: Path | None = None
         self._free: queue.SimpleQueue[Any] = queue.SimpleQueue()
         for m in replicas:
             self._free.put(m)
@@ -98,8 +124,18 @@ class Runtime:
             return cls(name, device, batch, [torch_model])
         from ultralytics import YOLO
 
-        onnx_path = onnx_export(weights, imgsz, cache_dir)
-        streams = settings.streams or max(1, min(4, os.cpu_count() or 1))
+        streams = settings.streams or max(1, min(4, cpu_cores()))
+        if name == "openvino":
+            if artifact_runtime(weights) != "openvino":
+                raise ModelError(
+                    f"runtime openvino serves an OpenVINO IR dir, not {weights.name}: "
+                    "make one with `labelloop export --format openvino`"
+                )
+            replicas = [YOLO(str(weights), task=torch_model.task) for _ in range(streams)]
+            rt = cls(name, device, batch, replicas)
+            rt._ov_weights = weights
+            return rt
+        onnx_path = weights if weights.suffix == ".onnx" else onnx_export(weights, imgsz, cache_dir)
         replicas = [YOLO(str(onnx_path), task=torch_model.task) for _ in range(streams)]
         return cls(name, device, batch, replicas, onnx_path)
 
@@ -120,7 +156,26 @@ class Runtime:
             results = model.predict(images_bgr, **kwargs)
             if self.name == "onnx":
                 self._tune_onnx_session(model)
+            elif self.name == "openvino":
+                self._share_openvino_model(model)
         return results
+
+    def _share_openvino_model(self, model: Any) -> None:
+        """Point this replica at one infer request of a compiled model shared by all replicas.
+
+        Ultralytics compiles one LATENCY model per replica, each pinned and sized for the whole
+        CPU; one THROUGHPUT model with ``NUM_STREAMS`` = streams runs the streams side by side (the
+        hint alone picks one stream on 2 cores). Pinning is off: two processes pinned by default
+        may share one core."""
+        backend = getattr(getattr(getattr(model, "predictor", None), "model", None), "backend", None)
+        tuned = getattr(backend, "_labelloop_tuned", False)
+        if backend is None or tuned or not hasattr(backend, "ov_compiled_model"):
+            return
+        with self._ov_lock:
+            if self._ov_compiled is None:
+                self._ov_compiled = compile_openvino(self._ov_weights or Path(), self.streams)
+        backend.ov_compiled_model = _OpenVinoStream(self._ov_compiled)
+        backend._labelloop_tuned = True
 
     def _tune_onnx_session(self, model: Any) -> None:
         """Stop ONNX Runtime's worker threads from spin-waiting between ops.
@@ -141,3 +196,40 @@ class Runtime:
         opts.intra_op_num_threads = max(1, (os.cpu_count() or 1) // self.streams)
         backend.session = ort.InferenceSession(session._model_path, opts, providers=session.get_providers())
         backend._labelloop_tuned = True
+
+
+def compile_openvino(ir: Path, streams: int) -> Any:
+    """The IR compiled for ``streams`` parallel requests on the CPU at its recorded precision."""
+    import json
+
+    import openvino as ov
+
+    xml = ir if ir.suffix == ".xml" else next(ir.glob("*.xml"))
+    meta_file = xml.parent / OPENVINO_META
+    precision = json.loads(meta_file.read_text()).get("precision") if meta_file.is_file() else None
+    config: dict[str, Any] = {
+        "PERFORMANCE_HINT": "THROUGHPUT",
+        "NUM_STREAMS": str(streams),
+        "INFERENCE_NUM_THREADS": str(max(streams, cpu_cores())),
+        "ENABLE_CPU_PINNING": "NO",
+    }
+    if precision in ("fp32", "bf16"):  # int8: the plugin's default for the ops left float
+        config["INFERENCE_PRECISION_HINT"] = "f32" if precision == "fp32" else "bf16"
+    core = ov.Core()
+    return core.compile_model(core.read_model(str(xml)), "CPU", config)
+
+
+class _OpenVinoStream:
+    """One infer request of a shared compiled model, called the way Ultralytics' backend calls
+    its compiled model (``compiled(im).values()``)."""
+
+    def __init__(self, compiled: Any) -> None:
+        self._compiled = compiled
+        self._request = compiled.create_infer_request()
+
+    def __call__(self, im: Any) -> dict[Any, Any]:
+        self._request.infer({0: im})
+        return {o: self._request.get_tensor(o).data.copy() for o in self._compiled.outputs}
+
+    def input(self, *args: Any) -> Any:
+        return self._compiled.input(*args)

@@ -20,7 +20,7 @@ def resolve_weights(settings: Settings) -> Path:
     """The configured weights (``--model`` / LABELLOOP_MODEL), or the demo model."""
     path = settings.predict.model
     if path is not None:
-        if not path.is_file():
+        if not (path.is_file() or path.is_dir()):  # a dir: an exported OpenVINO IR
             raise ModelError(f"model file {path} does not exist (--model / LABELLOOP_MODEL)")
         return path
     if not demo_model_path(settings.cache_dir).exists():
@@ -38,6 +38,8 @@ def weights_sha256(path: Path) -> str:
         st = path.stat()
     except FileNotFoundError:
         raise ModelError(f"model file {path} does not exist; pass --model or set LABELLOOP_MODEL") from None
+    if path.is_dir():  # an OpenVINO IR dir: its graph and weights
+        return sha256_file(next(path.glob("*.bin"), None) or next(path.glob("*.xml")))
     return _file_sha256(str(path.resolve()), st.st_mtime_ns, st.st_size)
 
 

@@ -9,6 +9,7 @@ from labelloop.cli import (  # noqa: F401  (they register commands)
     bench,
     dataset,
     demo,
+    export,
     jobs,
     models,
     prelabel,
