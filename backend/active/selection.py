@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -53,8 +54,9 @@ CHUNK = 64
 
 
 @dataclass
-class _Entry:
-    """One platform item: its id for write_priority, its key in pulls, its URI."""
+class PoolEntry:
+    """One pool item: its id for write_priority, its key in pulls, its URI (simulate uses it too,
+    with a file's index as id and its path as key)."""
 
     item_id: int
     key: str
@@ -62,12 +64,12 @@ class _Entry:
     sha: str | None
 
 
-def _entries(platform: LabelingPlatform, listing: Sequence[ImageItem]) -> list[_Entry]:
+def _entries(platform: LabelingPlatform, listing: Sequence[ImageItem]) -> list[PoolEntry]:
     out = []
     for it in listing:
         tid = int(it.metadata["task_id"])
         key = f"frame:{tid}" if platform.name == "cvat" else str(tid)
-        out.append(_Entry(tid, key, it.uri, it.sha256))
+        out.append(PoolEntry(tid, key, it.uri, it.sha256))
     return out
 
 
@@ -98,6 +100,12 @@ def review_ranks(annotations: Sequence[PulledAnnotation]) -> dict[str, tuple[int
     return {k: (i + 1, edits[k]) for i, k in enumerate(order)}
 
 
+class ImageLoader(Protocol):
+    """Decoded images of pool entries, in order, with each one's sha256 (None: unreadable)."""
+
+    def load(self, entries: Sequence[PoolEntry]) -> list[tuple[str, np.ndarray] | None]: ...
+
+
 class _Images:
     """Read and decode pool images ``fetch.workers`` at a time; failures are counted, not raised."""
 
@@ -107,8 +115,8 @@ class _Images:
         self.workers = settings.fetch.workers
         self.failures: list[str] = []
 
-    def load(self, entries: Sequence[_Entry]) -> list[tuple[str, np.ndarray] | None]:
-        def one(e: _Entry) -> tuple[str, np.ndarray] | None:
+    def load(self, entries: Sequence[PoolEntry]) -> list[tuple[str, np.ndarray] | None]:
+        def one(e: PoolEntry) -> tuple[str, np.ndarray] | None:
             try:
                 data = self.read(e.key, e.uri)
                 return sha256_bytes(data), decode_image(data, self.max_pixels)
@@ -134,11 +142,11 @@ def score_pool(
     settings: Settings,
     weights: Path,
     strategy: st.SelectionStrategy,
-    pool: Sequence[_Entry],
-    labeled: Sequence[_Entry],
-    images: _Images,
+    pool: Sequence[PoolEntry],
+    labeled: Sequence[PoolEntry],
+    images: ImageLoader,
     bar: Bar = no_bar,
-) -> tuple[st.Pool, list[_Entry]]:
+) -> tuple[st.Pool, list[PoolEntry]]:
     """The strategy's inputs for the pool items whose image could be read (and those items)."""
     needs = strategy.needs
     want_u = bool(needs & set(st.UNCERTAINTY_MEASURES))
@@ -150,7 +158,7 @@ def score_pool(
 
         predictor = Predictor(weights, settings)
     embedder = Embedder(weights, settings) if want_emb else None
-    kept: list[_Entry] = []
+    kept: list[PoolEntry] = []
     cols: dict[str, list[float]] = {m: [] for m in st.UNCERTAINTY_MEASURES}
     disagreement: list[float] = []
     vectors: list[np.ndarray] = []
@@ -190,11 +198,11 @@ def score_pool(
 
 
 def _labeled_vectors(
-    embedder: Embedder, labeled: Sequence[_Entry], images: _Images, bar: Bar
+    embedder: Embedder, labeled: Sequence[PoolEntry], images: ImageLoader, bar: Bar
 ) -> np.ndarray | None:
     """Embeddings of the labeled items: by the sha the platform recorded (a cache hit reads no
     image), else read once to learn it."""
-    by_sha: dict[str, _Entry] = {}
+    by_sha: dict[str, PoolEntry] = {}
     unknown = [e for e in labeled if not e.sha]
     for e in labeled:
         if e.sha:

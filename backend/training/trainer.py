@@ -175,30 +175,10 @@ def train_version(
     hooks.check_cancel()
 
     ensure_yolo_env(settings.cache_dir)
-    from ultralytics import YOLO  # lazy: importing Ultralytics costs seconds
-
-    without_ultralytics_mlflow()
-    device = pick_device(settings.train.device)
-    start = weights
-    save_dir = workdir
-    for stage in recipe.stages:
-        t_stage = time.monotonic()
-        model = YOLO(str(start))
-        hooks.attach(model, stage)
-        model.train(
-            data=str(data_yaml),
-            device=device,
-            workers=0,
-            amp=device != "cpu",
-            project=str(workdir / "runs"),
-            name=stage.name,
-            exist_ok=True,
-            verbose=False,
-            **recipe.train_args(stage),
-        )
-        save_dir = Path(model.trainer.save_dir)
-        start = save_dir / "weights" / "last.pt"
-        seconds[stage.name] = time.monotonic() - t_stage
+    save_dir, stage_seconds = fit_recipe(
+        recipe, data_yaml, weights, workdir, pick_device(settings.train.device), hooks
+    )
+    seconds.update(stage_seconds)
     results_csv = _merge_results(workdir, recipe)
     return TrainResult(
         version_id=rep.version,
@@ -214,6 +194,45 @@ def train_version(
         history=hooks.history,
         seconds=seconds,
     )
+
+
+def fit_recipe(
+    recipe: Recipe,
+    data_yaml: Path,
+    weights: Path,
+    workdir: Path,
+    device: str,
+    hooks: _Hooks | None = None,
+) -> tuple[Path, dict[str, float]]:
+    """Run the recipe's stages on an Ultralytics ``data_yaml`` (each stage one ``YOLO.train``, the
+    next from its ``last.pt``); returns the last stage's save dir and seconds per stage. Shared by
+    :func:`train_version` and the active-learning simulation, which trains on plain YOLO folders."""
+    from ultralytics import YOLO  # lazy: importing Ultralytics costs seconds
+
+    without_ultralytics_mlflow()
+    start = weights
+    save_dir = workdir
+    seconds: dict[str, float] = {}
+    for stage in recipe.stages:
+        t_stage = time.monotonic()
+        model = YOLO(str(start))
+        if hooks is not None:
+            hooks.attach(model, stage)
+        model.train(
+            data=str(data_yaml),
+            device=device,
+            workers=0,
+            amp=device != "cpu",
+            project=str(workdir / "runs"),
+            name=stage.name,
+            exist_ok=True,
+            verbose=False,
+            **recipe.train_args(stage),
+        )
+        save_dir = Path(model.trainer.save_dir)
+        start = save_dir / "weights" / "last.pt"
+        seconds[stage.name] = time.monotonic() - t_stage
+    return save_dir, seconds
 
 
 def _merge_results(workdir: Path, recipe: Recipe) -> Path:

@@ -16,6 +16,7 @@ from labelloop.cli import (  # noqa: F401  (they register commands)
     pull,
     select,
     serve,
+    simulate,
     sync,
     train,
 )

@@ -1,0 +1,493 @@
+"""Active learning, simulated: a labeled dataset played as an unlabeled pool with a ground-truth oracle.
+
+Per strategy and seed: start from ``initial`` random images (the same start for every strategy of a
+seed), then each round fine-tune, measure mAP50-95 on the dataset's fixed val split (never in the
+pool), score the rest of the pool with the strategy and add its top ``budget`` images with their
+ground-truth labels. The headline is how many labels each strategy needs to reach random's final
+mAP50-95 (linear between rounds), as "labels saved" against random, per seed and its spread.
+
+Choices, and why:
+
+- Every round fine-tunes **from the base weights**, not from the previous round's model: a point of
+  the curve then depends on the labeled set only, every point costs the same compute, and a warm
+  start would give later rounds more total epochs (the curve would measure epochs, not labels).
+- The round's model is its ``last.pt``, never ``best.pt``: Ultralytics picks ``best.pt`` by fitness
+  on the val split, which would let val choose the model it then judges.
+- Training is the project's recipe through :func:`fit_recipe` (Ultralytics' trainer, ``plots=False``)
+  with per-epoch validation off (the trainer still validates its final epoch); scoring is
+  :func:`labelloop.backend.active.selection.score_pool`, the same code ``labelloop select`` runs.
+- The initial round is trained once per seed and shared by the strategies (same set, same seed:
+  the same model), and the last round selects nothing.
+- Resumable: every finished round is appended to ``rounds.jsonl`` with the images it added; a rerun
+  with the same arguments and ``out`` continues after the last finished round.
+
+Inputs: an Ultralytics ``data.yaml`` (train and val as folders, list files or images; labels where
+Ultralytics looks for them, ``/images/`` -> ``/labels/``), or a COCO JSON for the pool plus one for
+val (materialised once as YOLO folders of links under ``out``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from labelloop.backend.active.selection import PoolEntry, score_pool
+from labelloop.backend.active.strategies import get_strategy
+from labelloop.backend.inference.images import decode_image
+from labelloop.backend.inference.runtime import pick_device
+from labelloop.backend.inference.yolo_env import ensure_yolo_env
+from labelloop.backend.training.gate import evaluate
+from labelloop.backend.training.recipe import make_recipe
+from labelloop.backend.training.trainer import fit_recipe
+from labelloop.errors import ConfigError, DataError
+from labelloop.fsutil import sha256_bytes
+from labelloop.settings import Settings
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+INITIAL = "initial"  # the strategy field of the shared first round's record
+Step = Callable[[str], None]  # called once per finished (strategy, seed, round)
+
+
+# ------------------------------------------------------------------ the dataset
+
+
+@dataclass(frozen=True)
+class SimData:
+    """A detect dataset as the simulation sees it: the pool (train) and the fixed val images."""
+
+    names: list[str]
+    train: list[Path]
+    val: list[Path]
+
+
+def _label_path(image: Path) -> Path:
+    """Where Ultralytics reads an image's labels: the last ``/images/`` becomes ``/labels/``."""
+    parts = list(image.parts)
+    if "images" not in parts:
+        return image.with_suffix(".txt")
+    i = len(parts) - 1 - parts[::-1].index("images")
+    parts[i] = "labels"
+    return Path(*parts).with_suffix(".txt")
+
+
+def _images_of(spec: Any, root: Path, what: str) -> list[Path]:
+    specs = spec if isinstance(spec, list) else [spec]
+    out: list[Path] = []
+    for s in specs:
+        p = Path(str(s))
+        p = p if p.is_absolute() else root / p
+        if p.is_dir():
+            out += [f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES]
+        elif p.suffix == ".txt" and p.is_file():
+            for line in p.read_text().splitlines():
+                if line.strip():
+                    f = Path(line.strip())
+                    out.append(f if f.is_absolute() else root / f)
+        elif p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            out.append(p)
+        else:
+            raise DataError(f"the {what} split {p} is not a folder, list file or image")
+    return sorted(dict.fromkeys(f.resolve() for f in out))
+
+
+def load_ultralytics(data_yaml: Path) -> SimData:
+    """The pool and val of an Ultralytics ``data.yaml``; one-line DataErrors for what is missing."""
+    try:
+        cfg = yaml.safe_load(data_yaml.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise DataError(f"--data {data_yaml}: cannot read it as YAML ({type(e).__name__})") from None
+    if not isinstance(cfg, dict) or "names" not in cfg:
+        raise DataError(f"--data {data_yaml}: not an Ultralytics data.yaml (no names)")
+    for split in ("train", "val"):
+        if not cfg.get(split):
+            raise DataError(f"--data {data_yaml}: no {split} split (the simulation needs both)")
+    root = Path(cfg.get("path") or data_yaml.parent)
+    root = root if root.is_absolute() else (data_yaml.parent / root)
+    names = cfg["names"]
+    names = [str(names[k]) for k in sorted(names)] if isinstance(names, dict) else [str(n) for n in names]
+    train, val = _images_of(cfg["train"], root, "train"), _images_of(cfg["val"], root, "val")
+    for split, images in (("train", train), ("val", val)):
+        if not images:
+            raise DataError(f"--data {data_yaml}: the {split} split has no images")
+        if not any(_label_path(p).is_file() for p in images):
+            raise DataError(
+                f"--data {data_yaml}: no {split} image has a label file (looked for e.g. "
+                f"{_label_path(images[0])})"
+            )
+    if set(train) & set(val):
+        raise DataError(f"--data {data_yaml}: train and val share {len(set(train) & set(val))} images")
+    return SimData(names, train, val)
+
+
+def load_coco(train_json: Path, val_json: Path | None, images: Path | None, out: Path) -> SimData:
+    """A COCO pool and val as YOLO folders under ``out`` (links to the images, boxes as labels)."""
+    from labelloop.connectors.formats.coco import coco_to_items
+    from labelloop.connectors.formats.yolo import regions_to_yolo_lines
+
+    if val_json is None:
+        raise DataError(f"--data {train_json} is COCO: name its val set with --val (a COCO JSON)")
+    splits: dict[str, list[Path]] = {}
+    names: list[str] | None = None
+    for split, path in (("train", train_json), ("val", val_json)):
+        try:
+            coco = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise DataError(f"{path}: cannot read it as COCO JSON ({type(e).__name__})") from None
+        if not isinstance(coco, dict):
+            raise DataError(f"{path}: not a COCO JSON object")
+        cats = [str(c["name"]) for c in sorted(coco.get("categories") or [], key=lambda c: c["id"])]
+        if names is not None and cats != names:
+            raise DataError(f"{path}: its categories differ from {train_json}'s")
+        names = cats
+        index = {n: i for i, n in enumerate(cats)}
+        src = images or path.parent
+        dest = out / "images" / split
+        if dest.exists():
+            shutil.rmtree(dest)
+            shutil.rmtree(out / "labels" / split, ignore_errors=True)
+        dest.mkdir(parents=True)
+        (out / "labels" / split).mkdir(parents=True)
+        splits[split] = []
+        for i, item in enumerate(coco_to_items(coco)):
+            image = (src / item.uri).resolve()
+            if not image.is_file():
+                raise DataError(f"{path}: image {item.uri!r} not found under {src} (--images)")
+            link = dest / f"{i:06d}{image.suffix.lower()}"
+            link.symlink_to(image)
+            lines = regions_to_yolo_lines(item.regions, item.width, item.height, index, "detect")
+            _label_path(link).write_text("\n".join(lines) + ("\n" if lines else ""))
+            splits[split].append(link.absolute())
+        if not splits[split]:
+            raise DataError(f"{path}: no images")
+    return SimData(names or [], splits["train"], splits["val"])
+
+
+def load_data(data: Path, out: Path, *, val: Path | None = None, images: Path | None = None) -> SimData:
+    """``data`` as an Ultralytics data.yaml or a COCO JSON (then ``val`` is val's COCO JSON)."""
+    if not data.is_file():
+        raise DataError(f"--data {data} does not exist (an Ultralytics data.yaml or a COCO JSON)")
+    if data.suffix.lower() == ".json":
+        return load_coco(data, val, images, out / "dataset")
+    return load_ultralytics(data)
+
+
+class _Files:
+    """The :class:`ImageLoader` of local files: decoded RGB and the sha256 of the file's bytes."""
+
+    def __init__(self, max_pixels: int) -> None:
+        self.max_pixels = max_pixels
+
+    def load(self, entries: Sequence[PoolEntry]) -> list[tuple[str, np.ndarray] | None]:
+        out: list[tuple[str, np.ndarray] | None] = []
+        for e in entries:
+            data = Path(e.uri).read_bytes()
+            out.append((sha256_bytes(data), decode_image(data, self.max_pixels)))
+        return out
+
+
+# ------------------------------------------------------------------ the run
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    strategies: list[str]
+    seeds: int = 3
+    rounds: int = 4
+    budget: int = 20
+    initial: int = 20
+    epochs: int = 3
+    imgsz: int = 160
+
+    def check(self, pool: int) -> None:
+        if self.rounds < 1 or self.seeds < 1 or self.budget < 1 or self.initial < 1 or self.epochs < 1:
+            raise ConfigError("--rounds, --seeds, --budget, --initial and --epochs must be at least 1")
+        need = self.initial + (self.rounds - 1) * self.budget
+        if need > pool:
+            raise ConfigError(
+                f"{self.rounds} rounds of {self.budget} after {self.initial} initial need {need} "
+                f"pool images; the dataset's train split has {pool}"
+            )
+
+
+@dataclass
+class RoundRecord:
+    strategy: str
+    seed: int
+    round: int
+    labeled: int
+    map50_95: float
+    map50: float
+    labeled_images: list[int]  # indices into SimData.train
+    selected: list[int] = field(default_factory=list)  # pool indices the strategy added after it
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class _State:
+    """``rounds.jsonl`` under ``out``: the finished rounds, appended one line each."""
+
+    def __init__(self, out: Path, config: dict[str, Any]) -> None:
+        self.path = out / "rounds.jsonl"
+        meta = out / "config.json"
+        if meta.is_file() and json.loads(meta.read_text()) != config:
+            raise ConfigError(f"{out} holds a simulation with other arguments; use another --out")
+        meta.write_text(json.dumps(config, indent=2))
+        self.records: dict[tuple[str, int, int], RoundRecord] = {}
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                if line.strip():
+                    try:
+                        r = RoundRecord(**json.loads(line))
+                    except (ValueError, TypeError):
+                        continue  # a line torn by a kill: that round runs again
+                    self.records[(r.strategy, r.seed, r.round)] = r
+
+    def get(self, strategy: str, seed: int, rnd: int) -> RoundRecord | None:
+        return self.records.get((strategy, seed, rnd))
+
+    def put(self, r: RoundRecord) -> None:
+        self.records[(r.strategy, r.seed, r.round)] = r
+        with self.path.open("a") as f:
+            f.write(json.dumps(asdict(r)) + "\n")
+
+
+def _round_yaml(work: Path, data: SimData, labeled: Sequence[int]) -> Path:
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "train.txt").write_text("".join(f"{data.train[i]}\n" for i in labeled))
+    (work / "val.txt").write_text("".join(f"{p}\n" for p in data.val))
+    cfg = {
+        "path": str(work),
+        "train": str(work / "train.txt"),
+        "val": str(work / "val.txt"),
+        "names": dict(enumerate(data.names)),
+    }
+    out = work / "data.yaml"
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return out
+
+
+class Simulation:
+    """One simulation: ``run`` fills the state round by round; ``summary`` reads it."""
+
+    def __init__(
+        self, settings: Settings, data: SimData, base_weights: Path, cfg: SimConfig, out: Path
+    ) -> None:
+        cfg.check(len(data.train))
+        self.data, self.base, self.cfg, self.out = data, Path(base_weights), cfg, out.resolve()
+        self.out.mkdir(parents=True, exist_ok=True)
+        # predictions at the simulation's size on torch (no ONNX export per round), caches under out
+        self.settings = settings.with_(
+            cache_dir=self.out / "cache", predict={"imgsz": cfg.imgsz, "runtime": "torch"}
+        )
+        self.device = pick_device(settings.train.device)
+        recipe = make_recipe(settings.train, epochs=cfg.epochs, imgsz=cfg.imgsz)
+        self.recipe = replace(recipe, common={**recipe.common, "val": False})
+        self.shas = [sha256_bytes(p.read_bytes()) for p in data.train]
+        config = {**asdict(cfg), "base": str(self.base), "pool": [str(p) for p in data.train]}
+        self.state = _State(self.out, config)
+
+    def steps(self) -> int:
+        return len(self.cfg.strategies) * self.cfg.seeds * self.cfg.rounds
+
+    def initial_set(self, seed: int) -> list[int]:
+        rng = np.random.default_rng(seed)
+        return sorted(int(i) for i in rng.choice(len(self.data.train), self.cfg.initial, replace=False))
+
+    def _train_eval(self, work: Path, labeled: Sequence[int]) -> tuple[Path, float, float, dict[str, float]]:
+        weights = work / "last.pt"
+        data_yaml = _round_yaml(work, self.data, labeled)
+        t0 = time.monotonic()
+        if not weights.is_file():
+            save_dir, _ = fit_recipe(self.recipe, data_yaml, self.base, work, self.device)
+            shutil.copyfile(save_dir / "weights" / "last.pt", weights)
+            shutil.rmtree(work / "runs", ignore_errors=True)
+        t1 = time.monotonic()
+        m = evaluate(weights, data_yaml, imgsz=self.cfg.imgsz, device=self.device, workdir=work)
+        return weights, m.map50_95, m.map50, {"train": t1 - t0, "eval": time.monotonic() - t1}
+
+    def _select(self, strategy: str, seed: int, rnd: int, weights: Path, labeled: Sequence[int]) -> list[int]:
+        taken = set(labeled)
+        rows = [i for i in range(len(self.data.train)) if i not in taken]
+        entry = lambda i: PoolEntry(i, str(i), str(self.data.train[i]), self.shas[i])  # noqa: E731
+        chosen = get_strategy(strategy, self.settings.select, seed * 1000 + rnd)
+        loader = _Files(self.settings.fetch.max_image_pixels)
+        pool, kept = score_pool(
+            self.settings, weights, chosen, [entry(i) for i in rows], [entry(i) for i in labeled], loader
+        )
+        picked = chosen.select(pool, min(self.cfg.budget, len(kept)))
+        return [kept[r].item_id for r in picked.rows]
+
+    def run(self, step: Step | None = None) -> None:
+        ensure_yolo_env(self.settings.cache_dir)
+        for seed in range(self.cfg.seeds):
+            for strategy in self.cfg.strategies:
+                labeled = self.initial_set(seed)
+                for rnd in range(self.cfg.rounds):
+                    rec = self.state.get(strategy, seed, rnd)
+                    if rec is None:
+                        rec = self._round(strategy, seed, rnd, labeled)
+                    labeled = sorted({*labeled, *rec.selected})
+                    if step is not None:
+                        step(
+                            f"{strategy} seed {seed} round {rnd}: {rec.labeled} labels, "
+                            f"mAP50-95 {rec.map50_95:.3f}"
+                        )
+
+    def _round(self, strategy: str, seed: int, rnd: int, labeled: list[int]) -> RoundRecord:
+        if rnd == 0:  # the same set and seed for every strategy: trained and measured once
+            first = self.state.get(INITIAL, seed, 0)
+            work = self.out / "work" / f"seed{seed}" / INITIAL
+            if first is None:
+                _, m, m50, secs = self._train_eval(work, labeled)
+                first = RoundRecord(INITIAL, seed, 0, len(labeled), m, m50, [], [], secs)
+                self.state.put(first)
+            weights = work / "last.pt"
+            rec = replace(first, strategy=strategy, seconds={})
+        else:
+            work = self.out / "work" / f"seed{seed}" / strategy / f"round{rnd}"
+            weights, m, m50, secs = self._train_eval(work, labeled)
+            rec = RoundRecord(strategy, seed, rnd, len(labeled), m, m50, [], [], secs)
+        rec.labeled_images = list(labeled)
+        if rnd < self.cfg.rounds - 1:
+            t0 = time.monotonic()
+            rec.selected = self._select(strategy, seed, rnd, weights, labeled)
+            rec.seconds["select"] = time.monotonic() - t0
+        self.state.put(rec)
+        return rec
+
+    # -------------------------------------------------------------- results
+
+    def records(self) -> list[RoundRecord]:
+        return [
+            self.state.records[(s, seed, r)]
+            for s in self.cfg.strategies
+            for seed in range(self.cfg.seeds)
+            for r in range(self.cfg.rounds)
+            if (s, seed, r) in self.state.records
+        ]
+
+    def summary(self) -> dict[str, Any]:
+        """Curves (mean and std over seeds), the savings against random, and every round."""
+        recs = self.records()
+        curves: dict[str, dict[str, list[float]]] = {}
+        per_seed: dict[str, dict[int, tuple[list[float], list[float]]]] = {}
+        for s in self.cfg.strategies:
+            mine = [r for r in recs if r.strategy == s]
+            rows = {seed: [r for r in mine if r.seed == seed] for seed in range(self.cfg.seeds)}
+            per_seed[s] = {
+                seed: ([float(r.labeled) for r in rs], [r.map50_95 for r in rs])
+                for seed, rs in rows.items()
+                if rs
+            }
+            n = min((len(v[1]) for v in per_seed[s].values()), default=0)
+            maps = np.array([v[1][:n] for v in per_seed[s].values()]) if n else np.zeros((0, 0))
+            labels = next(iter(per_seed[s].values()))[0][:n] if n else []
+            curves[s] = {
+                "labels": labels,
+                "map50_95_mean": maps.mean(axis=0).tolist() if n else [],
+                "map50_95_std": maps.std(axis=0).tolist() if n else [],
+            }
+        return {
+            "config": asdict(self.cfg),
+            "base_weights": str(self.base),
+            "pool": len(self.data.train),
+            "val": len(self.data.val),
+            "curves": curves,
+            "savings": savings(per_seed) if "random" in per_seed else None,
+            "rounds": [
+                {k: v for k, v in asdict(r).items() if k not in ("labeled_images", "selected")}
+                | {"selected": len(r.selected)}
+                for r in recs
+            ],
+        }
+
+
+# ------------------------------------------------------------------ the headline
+
+
+def labels_to_reach(labels: Sequence[float], maps: Sequence[float], target: float) -> float | None:
+    """The labels at which a curve first reaches ``target`` (linear between rounds); None if never."""
+    for i, m in enumerate(maps):
+        if m >= target:
+            if i == 0:
+                return float(labels[0])
+            m0, l0 = maps[i - 1], labels[i - 1]
+            return float(l0 + (labels[i] - l0) * (target - m0) / (m - m0))
+    return None
+
+
+def savings(per_seed: dict[str, dict[int, tuple[list[float], list[float]]]]) -> dict[str, Any]:
+    """Per strategy: labels needed to reach random's final mAP50-95 of the same seed, and the share
+    of random's final label count saved (mean and std over the seeds that reached it)."""
+    out: dict[str, Any] = {}
+    random = per_seed["random"]
+    for s, seeds in per_seed.items():
+        needed, saved = [], []
+        for seed, (labels, maps) in seeds.items():
+            if seed not in random or not random[seed][1]:
+                continue
+            r_labels, r_maps = random[seed]
+            n = labels_to_reach(labels, maps, r_maps[-1])
+            needed.append(n)
+            if n is not None:
+                saved.append(100.0 * (1.0 - n / r_labels[-1]))
+        reached = [n for n in needed if n is not None]
+        out[s] = {
+            "target": "random's final mAP50-95, per seed",
+            "labels_needed": needed,
+            "labels_needed_mean": float(np.mean(reached)) if reached else None,
+            "saved_pct_mean": float(np.mean(saved)) if saved else None,
+            "saved_pct_std": float(np.std(saved)) if saved else None,
+            "seeds_reached": f"{len(reached)}/{len(needed)}",
+        }
+    return out
+
+
+def plot(summary: dict[str, Any], path: Path) -> Path:
+    """mAP50-95 against labels, mean and +-1 std over seeds per strategy; random dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s, c in summary["curves"].items():
+        if not c["labels"]:
+            continue
+        x, m, sd = np.array(c["labels"]), np.array(c["map50_95_mean"]), np.array(c["map50_95_std"])
+        style = {"color": "black", "linestyle": "--"} if s == "random" else {}
+        (line,) = ax.plot(x, m, marker="o", label=s, **style)
+        ax.fill_between(x, m - sd, m + sd, alpha=0.15, color=line.get_color())
+    cfg = summary["config"]
+    ax.set(
+        xlabel="labeled images",
+        ylabel="mAP50-95 (val)",
+        title=f"active learning: {cfg['seeds']} seeds, budget {cfg['budget']}, {cfg['epochs']} epochs/round",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(summary: dict[str, Any], out: Path) -> dict[str, Path]:
+    """``results.json`` (every figure), ``rounds.csv`` and ``learning_curves.png`` under ``out``."""
+    paths = {"json": out / "results.json", "csv": out / "rounds.csv", "plot": out / "learning_curves.png"}
+    paths["json"].write_text(json.dumps(summary, indent=2))
+    with paths["csv"].open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["strategy", "seed", "round", "labeled", "map50_95", "map50"])
+        w.writeheader()
+        for r in summary["rounds"]:
+            w.writerow({k: r[k] for k in w.fieldnames})
+    plot(summary, paths["plot"])
+    return paths
