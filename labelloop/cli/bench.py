@@ -28,6 +28,19 @@ def bench_predict(
     run(load_settings(model=model), n_tasks=tasks, out=out)
 
 
+@bench_app.command("export")
+def bench_export(
+    images: Annotated[int, typer.Option(help="images timed (and calibrated on, from another split)")] = 32,
+    out: Annotated[Path, typer.Option(help="JSON results")] = Path("bench-results/export.json"),
+    model: ModelOpt = None,
+) -> None:
+    """Images/s of each export format vs ONNX Runtime fp32 at 320 and 640, with their accuracy."""
+    setup_logging()
+    from labelloop.bench.export import bench_export as run
+
+    run(load_settings(model=model), out, images=images)
+
+
 @bench_app.command("push")
 def bench_push(
     tasks: Annotated[int, typer.Option(help="tasks per project")] = 1000,
