@@ -30,6 +30,8 @@ def test_labels_to_reach_interpolates_and_savings_compare_to_random_per_seed() -
     assert s["good"]["labels_needed"] == [20.0, 20.0]
     assert s["good"]["saved_pct_mean"] == pytest.approx(100 / 3) and s["good"]["saved_pct_std"] == 0.0
     assert s["bad"]["seeds_reached"] == "0/2" and s["bad"]["saved_pct_mean"] is None
+    flat = savings({"random": {0: (labels, [0.3, 0.2, 0.2])}, "good": {0: (labels, [0.3, 0.4, 0.5])}})
+    assert flat["good"]["seeds_left_out"] == [0] and flat["good"]["saved_pct_mean"] is None
 
 
 def _coco(images: list[tuple[str, list[tuple[int, list[float]]]]]) -> dict:

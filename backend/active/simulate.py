@@ -426,13 +426,16 @@ def labels_to_reach(labels: Sequence[float], maps: Sequence[float], target: floa
 
 def savings(per_seed: dict[str, dict[int, tuple[list[float], list[float]]]]) -> dict[str, Any]:
     """Per strategy: labels needed to reach random's final mAP50-95 of the same seed, and the share
-    of random's final label count saved (mean and std over the seeds that reached it)."""
+    of random's final label count saved (mean and std over the seeds that reached it). A seed where
+    random ended no better than it started is left out: any curve "reaches" that target at the
+    first round, and the saving would be the round count, not a property of the strategy."""
     out: dict[str, Any] = {}
     random = per_seed["random"]
+    gain = {seed: maps[-1] - maps[0] for seed, (_, maps) in random.items() if maps}
     for s, seeds in per_seed.items():
         needed, saved = [], []
         for seed, (labels, maps) in seeds.items():
-            if seed not in random or not random[seed][1]:
+            if gain.get(seed, 0.0) <= 0.0:
                 continue
             r_labels, r_maps = random[seed]
             n = labels_to_reach(labels, maps, r_maps[-1])
@@ -447,6 +450,8 @@ def savings(per_seed: dict[str, dict[int, tuple[list[float], list[float]]]]) -> 
             "saved_pct_mean": float(np.mean(saved)) if saved else None,
             "saved_pct_std": float(np.std(saved)) if saved else None,
             "seeds_reached": f"{len(reached)}/{len(needed)}",
+            "seeds_left_out": sorted(seed for seed in seeds if gain.get(seed, 0.0) <= 0.0),
+            "random_gain": gain,  # random's final - first mAP50-95 per seed
         }
     return out
 

@@ -100,5 +100,9 @@ def print_savings(summary: dict[str, Any], paths: dict[str, Path]) -> None:
     con.print(table)
     if summary["savings"] is None:
         con.print("- no random run: savings need random as the baseline")
+    elif left := next(iter(summary["savings"].values()))["seeds_left_out"]:
+        con.print(
+            f"- seeds {left}: random's mAP50-95 did not rise over the rounds; no saving is measured there"
+        )
     for k, p in paths.items():
         con.print(f"{k}: {p}")
