@@ -188,6 +188,7 @@ def run_demo(
     try:
         with _stage(report, "start", "starting Label Studio and the ML backend (first run: ~1 min)..."):
             ls = LabelStudioServer(work / "label-studio", port=free_port(port)).start()
+            s = s.with_(labelstudio={"url": ls.url, "token": ls.token})  # the backend trusts this server
             backend = BackendProcess(
                 work / "backend",
                 weights,
@@ -197,7 +198,6 @@ def run_demo(
                 env={"LABELLOOP_QUEUE_PREFIX": s.queue.prefix},
             ).start()
         client = LabelStudioClient(ls.url, ls.token)
-        s = s.with_(labelstudio={"url": ls.url, "token": ls.token})
         with _stage(report, "prelabel", f"importing {n_images} images and prelabelling them..."):
             project = projects.create_project(
                 client,
