@@ -34,23 +34,28 @@ DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
 
 
 def _rows(n: int, start: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Import rows of tasks with one human annotation of three boxes each, written by the one
+    canonical -> Label Studio conversion."""
+    from labelloop.connectors.formats.labelstudio import (
+        generate_label_config,
+        parse_label_config,
+        region_to_ls,
+        select_controls,
+    )
+    from labelloop.types import Box, Region
+
+    control = select_controls(
+        parse_label_config(generate_label_config("detect", list(CLASSES))), "detect"
+    ).main
     rows = []
     for i in range(start, start + n):
         result = []
         for k in range(3):
-            x, y = rng.uniform(0, 80, 2)
-            result.append(
-                {
-                    "id": f"b{i}-{k}",
-                    "type": "rectanglelabels",
-                    "from_name": "label",
-                    "to_name": "image",
-                    "original_width": 640,
-                    "original_height": 480,
-                    "value": {"x": x, "y": y, "width": 10, "height": 10, "rotation": 0,
-                              "rectanglelabels": [CLASSES[(i + k) % 3]]},
-                }
-            )  # fmt: skip
+            x, y = (float(v) for v in rng.uniform(0, 500, 2))
+            label = CLASSES[(i + k) % 3]
+            result += region_to_ls(
+                Region(label, Box(x, y, x + 64, y + 48)), 640, 480, control, label, f"b{i}-{k}"
+            )
         rows.append(
             {"data": {"image": f"https://example.com/pool/{i:06d}.jpg"}, "annotations": [{"result": result}]}
         )
