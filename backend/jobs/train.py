@@ -163,7 +163,7 @@ def start_training(project: int) -> dict[str, Any]:
     """Label Studio's "Start Training" (START_TRAINING at /webhook): one sync pass of the project,
     a version of what the store then holds, and the retrain of that version enqueued exactly once
     (a second click on the same data finds the version's claim and enqueues nothing)."""
-    from labelloop.backend.serving.project_access import ProjectAccess
+    from labelloop.backend.serving.project_access import ProjectAccess, project_id
     from labelloop.settings import SyncSource
     from labelloop.sync.service import SyncService
     from labelloop.sync.store import Store
@@ -171,7 +171,12 @@ def start_training(project: int) -> dict[str, Any]:
     from labelloop.sync.versions import snapshot
 
     settings = load_settings()
-    access = ProjectAccess(settings).lookup(str(project))  # the configured server, else the /setup one
+    known = ProjectAccess(settings)
+    access = known.lookup(str(project))  # the configured server wins
+    if access is None:  # else the newest "<id>.<created>" that sent /setup for this id
+        mine = {p: c for p, c in known.projects().items() if project_id(p) == str(project)}
+        if mine:
+            access = mine[max(mine, key=lambda p: p.split(".", 1)[-1])]
     if access is None:
         raise LabelloopError(
             f"no Label Studio server known for project {project}: set LABELLOOP_LABEL_STUDIO_URL and "

@@ -131,9 +131,7 @@ class ProjectAccess:
 
     def remember(self, project: str, hostname: str | None, token: str | None) -> None:
         """Keep what ``/setup`` said; a hostname that may not be used raises (see ``check_hostname``),
-        unless a configured server makes the hostname irrelevant. Keyed by the project id alone
-        (Label Studio's "<id>.<timestamp>" is cut), as every lookup asks."""
-        project = project_id(project)
+        unless a configured server makes the hostname irrelevant."""
         if not hostname or not project:
             return
         if configured(self.settings) is None:
@@ -166,7 +164,6 @@ class ProjectAccess:
 
     def lookup(self, project: str) -> Credentials | None:
         """The configured server, else the newest unexpired one that sent ``/setup`` for ``project``."""
-        project = project_id(project)
         fixed = configured(self.settings)
         if fixed is not None:
             return fixed
