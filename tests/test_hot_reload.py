@@ -57,6 +57,17 @@ def add_version(settings: Settings, weights: Path | bytes) -> int:
     return lines.register(settings, line, run_id, tracking.run_artifact_uri(settings, run_id), {}).version
 
 
+_STARTED: list[BackendProcess] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_backends():  # type: ignore[no-untyped-def]
+    """Every backend a test started is stopped after it (each holds gigabytes of models)."""
+    yield
+    while _STARTED:
+        _STARTED.pop().stop()
+
+
 def backend(
     tmp_path: Path,
     settings: Settings,
@@ -80,6 +91,7 @@ def backend(
         **extra,
     }
     b = BackendProcess(tmp_path / f"backend-{uuid.uuid4().hex[:6]}", weights, redis_url, env)
+    _STARTED.append(b)
     return b.start(timeout=180)
 
 
