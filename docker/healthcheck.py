@@ -3,7 +3,8 @@
     labelloop-healthcheck http URL   GET URL answers 200 (basic auth from HEALTHCHECK_USER/_PASSWORD)
     labelloop-healthcheck worker     an rq worker of this container is registered in Redis (its
                                      heartbeat keeps the key alive, so a hung worker drops out)
-    labelloop-healthcheck sync       the store and Redis the sync writes to answer
+    labelloop-healthcheck sync       the store and Redis answer, and this host's sync finished a
+                                     pass within three intervals (its heartbeat in Redis)
 
 Exit status 0 healthy, 1 not, with one line saying why. ``http`` needs only the standard library;
 the others read settings through labelloop.settings like every labelloop process.
@@ -59,8 +60,17 @@ def sync() -> str:
             conn.execute(text("SELECT 1"))
     finally:
         engine.dispose()
-    redis(settings, connect_timeout=2, timeout=3).ping()
-    return "store and redis answer"
+    import json
+    import time
+
+    from labelloop.sync.events import heartbeat_key
+
+    raw = redis(settings, connect_timeout=2, timeout=3).get(heartbeat_key(settings, socket.gethostname()))
+    if raw is None:
+        raise RuntimeError(f"no sync pass finished in the last {3 * settings.sync.interval_s + 60:.0f}s")
+    beat = json.loads(raw)
+    ago = time.time() - beat["at"]
+    return f"store answers; last pass {beat.get('pass')} {ago:.0f}s ago (ok={beat.get('ok')})"
 
 
 CHECKS = {"http": http, "worker": worker, "sync": sync}

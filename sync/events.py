@@ -125,3 +125,14 @@ def _parse(data: Any) -> dict[str, Any]:
         return out if isinstance(out, dict) else {"event": out}
     except (TypeError, ValueError):
         return {"event": str(data)}
+
+
+def heartbeat_key(settings: Settings, host: str) -> str:
+    return f"{settings.queue.prefix}:sync:heartbeat:{host}"
+
+
+def beat(conn: Redis, settings: Settings, host: str, info: dict[str, Any]) -> None:
+    """Say this host's sync finished a pass (what a container healthcheck reads); it expires
+    after three intervals, so a hung or dead sync drops out."""
+    ttl = int(3 * settings.sync.interval_s + 60)
+    conn.set(heartbeat_key(settings, host), json.dumps({"at": time.time(), **info}), ex=ttl)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +31,7 @@ from labelloop.errors import ConfigError, StoreError
 from labelloop.retry import Backoff, is_retryable
 from labelloop.settings import Settings, SyncSource
 from labelloop.sync import stats
-from labelloop.sync.events import EventWatcher
+from labelloop.sync.events import EventWatcher, beat
 from labelloop.sync.fetch import fetch_missing, missing, reader_for
 from labelloop.sync.ingest import IngestReport, ingest, load_cursor
 from labelloop.sync.prelabel import Bar, no_bar, open_platform
@@ -356,6 +357,7 @@ class SyncService:
         try:
             while not stop.is_set():
                 report = self.run_once()
+                self._beat(watcher, report)
                 if on_pass:
                     on_pass(report)
                 if max_passes is not None and self.passes >= max_passes:
@@ -368,6 +370,12 @@ class SyncService:
         finally:
             watcher.close()
             self.close()
+
+    def _beat(self, watcher: EventWatcher, report: PassReport) -> None:
+        try:
+            beat(watcher.conn, self.settings, socket.gethostname(), {"pass": report.number, "ok": report.ok})
+        except Exception as e:
+            log.debug("sync heartbeat not written: %s", e)
 
     def close(self) -> None:
         for src in self.sources:

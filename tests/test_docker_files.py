@@ -435,6 +435,40 @@ def test_healthcheck_worker_sees_only_this_hosts_worker(
     assert hc.main(["worker"]) == 1
 
 
+def test_healthcheck_sync_needs_a_recent_pass_of_this_hosts_sync(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real sync loop (one pass over an unreachable source) writes the heartbeat the check reads."""
+    from labelloop.procs import free_port
+    from labelloop.settings import SyncSource, load_settings
+    from labelloop.sync.events import heartbeat_key
+    from labelloop.sync.service import SyncService
+    from labelloop.sync.store import Store
+
+    hc = load_healthcheck()
+    host = f"healthcheck-sync-{id(hc)}"
+    monkeypatch.setattr(hc.socket, "gethostname", lambda: host)
+    import labelloop.sync.service as service
+
+    monkeypatch.setattr(service.socket, "gethostname", lambda: host)
+    for k, v in {
+        "LABELLOOP_REDIS_URL": redis_url,
+        "LABELLOOP_QUEUE_PREFIX": f"hc{id(hc)}",
+        "LABELLOOP_STORE_URL": f"sqlite:///{tmp_path / 'store.db'}",
+    }.items():
+        monkeypatch.setenv(k, v)
+    settings = load_settings()
+    with Store.open(settings=settings) as store:
+        assert hc.main(["sync"]) == 1  # the store answers, but no pass yet
+        dead = SyncSource(platform="labelstudio", url=f"http://127.0.0.1:{free_port()}", project=1)
+        SyncService(settings, store, [dead], enqueue=False).run(max_passes=1)
+    assert hc.main(["sync"]) == 0
+    from redis import Redis
+
+    Redis.from_url(redis_url).delete(heartbeat_key(settings, host))
+    assert hc.main(["sync"]) == 1
+
+
 # --------------------------------------------------------------------------- README
 
 
