@@ -55,7 +55,7 @@ def sync(
             st,
             sources,
             trained_on=trained_on(settings),
-            bar=no_bar if json_ else progress_bar,
+            bar=progress_bar if once and not json_ else no_bar,  # a daemon prints one line per pass
             enqueue=not no_trigger,
         )
 
