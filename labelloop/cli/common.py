@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -36,8 +37,9 @@ def setup_logging(verbose: bool = False) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if not verbose:  # their INFO lines (migration plugins, HTTP requests) drown ours
-        for name in ("alembic", "httpx", "urllib3"):
+    if not verbose:  # their INFO lines (migration plugins, HTTP requests, MLflow's tables) drown ours
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+        for name in ("alembic", "httpx", "urllib3", "mlflow"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
