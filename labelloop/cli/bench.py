@@ -101,3 +101,25 @@ def bench_fuzz(
 
     if not run(requests_, out, workers=workers, seed=seed).ok:
         raise typer.Exit(1)
+
+
+@bench_app.command("load")
+def bench_load(
+    duration: Annotated[float, typer.Option(help="seconds of load per concurrency level")] = 20.0,
+    clients: Annotated[
+        str, typer.Option(help="concurrency levels, comma-separated (first = baseline)")
+    ] = "1,8,32",
+    big_tasks: Annotated[
+        int, typer.Option(help="tasks in the large /predict during which /health is probed")
+    ] = 3000,
+    workers: Annotated[int, typer.Option(help="gunicorn workers of the backend")] = 2,
+    out: Annotated[Path, typer.Option(help="JSON results")] = Path("bench-results/load.json"),
+) -> None:
+    """/predict p50/p99 and images/s at 1, 8, 32 clients (locust, loopback, CPU) vs 1 client, and
+    /health + /setup p99 while a large /predict runs (exit 1 when over Label Studio's 1 s / 3 s)."""
+    setup_logging()
+    from labelloop.bench.load import bench_load as run
+
+    levels = tuple(int(c) for c in clients.split(",") if c.strip())
+    if not run(out, levels=levels, duration_s=duration, big_tasks=big_tasks, workers=workers)["ok"]:
+        raise typer.Exit(1)
