@@ -42,7 +42,7 @@ class PredictSettings(Section):
     model: Path | None = Field(
         None, description="YOLO weights (.pt/.onnx/OpenVINO IR dir); default: the cached demo model"
     )
-    runtime: Literal["auto", "torch", "onnx", "openvino"] = "auto"
+    runtime: Literal["auto", "torch", "onnx", "openvino", "lean"] = "auto"
     device: str = Field("auto", description="'auto' (GPU when present), 'cpu', '0', 'cuda:1', ...")
     imgsz: int | None = Field(None, ge=32, le=4096, description="default: the size the model was trained at")
     conf: float = Field(0.25, ge=0.0, le=1.0)

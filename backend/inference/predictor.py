@@ -57,6 +57,15 @@ class Predictor:
         self.settings = settings
         self.weights = Path(weights)
         self.model_version = model_version_of(self.weights)
+        predict_settings = settings.predict
+        if predict_settings.runtime == "lean":
+            from labelloop.backend.inference.lean import open_lean
+
+            lean = open_lean(self.weights, predict_settings)
+            if lean is not None:
+                self._serve_lean(lean)
+                return
+            predict_settings = predict_settings.model_copy(update={"runtime": "auto"})
         from ultralytics import YOLO  # lazy: importing Ultralytics costs seconds, /setup must stay cheap
 
         try:
@@ -75,8 +84,8 @@ class Predictor:
         self.kpt_shape = _keypoint_shape(torch_model) if task == "pose" else None
         train_args = (getattr(torch_model, "ckpt", None) or {}).get("train_args") or {}
         self.imgsz: int = settings.predict.imgsz or int(train_args.get("imgsz") or 640)
-        self.engine = Runtime.open(
-            self.weights, torch_model, self.imgsz, settings.predict, settings.cache_dir
+        self.engine: Any = Runtime.open(
+            self.weights, torch_model, self.imgsz, predict_settings, settings.cache_dir
         )
         # what callers and logs read of the runtime
         self.runtime, self.device, self.onnx_path = (
@@ -86,6 +95,16 @@ class Predictor:
         )
         self.batch, self.streams, self.model = self.engine.batch, self.engine.streams, self.engine.first
         self._predictor_cls = probs_predictor(task)
+
+    def _serve_lean(self, lean: Any) -> None:
+        """Serve through ``lean.LeanRuntime``: no torch, no Ultralytics (detect ONNX / OpenVINO)."""
+        self.task, self.names = lean.task, lean.names
+        self.kpt_names, self.kpt_shape = None, None
+        self.imgsz = lean.imgsz
+        self.engine = lean
+        self.runtime, self.device, self.onnx_path = lean.name, lean.device, lean.onnx_path
+        self.batch, self.streams, self.model = lean.batch, lean.streams, lean.first
+        self._predictor_cls = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Predictor:
