@@ -24,6 +24,7 @@ from labelloop.types import ImageItem
 
 PlatformName = Literal["labelstudio", "cvat"]
 Progress = Callable[[int], None]  # called with how many more items are done
+PullProgress = Callable[..., None]  # (more done: int, total: int | None = None) as the total becomes known
 
 
 @dataclass(frozen=True)
@@ -228,8 +229,16 @@ class LabelingPlatform(Protocol):
         """Write each item's regions as a prelabel of ``model_version``, once per item and version."""
         ...
 
-    def pull_changes(self, container: int, cursor: Cursor | None = None) -> PullResult:
-        """Everything annotated or changed since ``cursor``, and what reconciliation needs."""
+    def pull_changes(
+        self,
+        container: int,
+        cursor: Cursor | None = None,
+        *,
+        reconcile: bool = True,
+        progress: PullProgress | None = None,
+    ) -> PullResult:
+        """Everything annotated or changed since ``cursor``, and what reconciliation needs;
+        ``progress`` hears the items read (tasks / jobs) and their total once it is known."""
         ...
 
     def set_model_version(self, container: int, version: str) -> None:

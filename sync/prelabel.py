@@ -43,8 +43,8 @@ _NONE = ImageItem("", 0, 0)  # an item the platform does not list
 
 
 @contextlib.contextmanager
-def no_bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    yield lambda n: None
+def no_bar(description: str, total: int) -> Iterator[Callable[..., None]]:
+    yield lambda n, total=None: None
 
 
 @dataclass
@@ -374,9 +374,8 @@ def pull(
     platform = open_platform(target, settings)
     try:
         cursor = _read_cursor(cursor_path, platform.name)
-        with bar("pull", 1) as advance:
-            res = platform.pull_changes(container, cursor)
-            advance(1)
+        with bar("pull", 0) as advance:
+            res = platform.pull_changes(container, cursor, progress=advance)
         name, kind, url = platform.name, platform.container_kind, platform.url
     finally:
         platform.close()

@@ -219,9 +219,8 @@ class SyncService:
             )
             cursor = load_cursor(self.store, src.target)
             t_pull = time.monotonic()
-            with self.bar(f"pull {src.name}", 1) as advance:
-                res = src.platform.pull_changes(src.container, cursor, reconcile=reconcile)
-                advance(1)
+            with self.bar(f"pull {src.name}", 0) as advance:
+                res = src.platform.pull_changes(src.container, cursor, reconcile=reconcile, progress=advance)
             out.pull_s = round(time.monotonic() - t_pull, 3)
             with self.bar(f"ingest {src.target.key}", len(res.annotations)) as advance:
                 got: IngestReport = ingest(self.store, src.target, res, progress=advance)

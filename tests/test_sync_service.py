@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -58,9 +59,17 @@ def test_a_pass_keeps_what_label_studio_holds_versions_it_and_enqueues_one_retra
     settings = sync_settings(
         label_studio, tmp_path, trigger={"min_new_labels": 5}, sync={"snapshot_min_changes": 3}
     )
-    svc = _service(settings, store, [source(label_studio, project)])
+    calls: list[tuple[str, int, int | None]] = []
+
+    @contextlib.contextmanager
+    def bar(what: str, total: int):  # type: ignore[no-untyped-def]
+        yield lambda n, total=None: calls.append((what.split()[0], n, total))
+
+    svc = _service(settings, store, [source(label_studio, project)], bar=bar)
     first = svc.run_once()
     assert first.ok, first.to_dict()
+    pulls = [(n, t) for what, n, t in calls if what == "pull"]
+    assert pulls[0] == (0, 6) and sum(n for n, _ in pulls) == 6  # the total from page 1, then each task
     (src,) = first.sources
     assert (src.pulled, src.new_revisions, src.reconciled) == (7, 7, True)
     assert first.version_created and first.version

@@ -15,6 +15,7 @@ from labelloop.connectors.platform import (
     ImportReport,
     PriorityReport,
     Progress,
+    PullProgress,
     PullResult,
     PushReport,
 )
@@ -207,9 +208,14 @@ class CvatPlatform:
         )
 
     def pull_changes(
-        self, container: int, cursor: Cursor | None = None, *, reconcile: bool = True
+        self,
+        container: int,
+        cursor: Cursor | None = None,
+        *,
+        reconcile: bool = True,
+        progress: PullProgress | None = None,
     ) -> PullResult:
-        return pull.pull_changes(self.client, container, cursor, reconcile=reconcile)
+        return pull.pull_changes(self.client, container, cursor, reconcile=reconcile, progress=progress)
 
     def set_model_version(self, container: int, version: str) -> None:
         """A no-op: CVAT has no model_version to show; each prelabel carries its own (an attribute)."""

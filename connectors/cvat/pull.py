@@ -22,7 +22,7 @@ from labelloop.connectors.cvat import qa
 from labelloop.connectors.cvat.client import CvatClient, username, value
 from labelloop.connectors.cvat.tasks import Frame, TaskLabels, frames, job, job_frames, jobs, task_labels
 from labelloop.connectors.formats import cvat as fmt
-from labelloop.connectors.platform import Cursor, PulledAnnotation, PullResult
+from labelloop.connectors.platform import Cursor, PulledAnnotation, PullProgress, PullResult
 from labelloop.types import ImageItem, Region
 
 # how far back each pull lists again, for writes that commit after a newer one was listed
@@ -57,7 +57,12 @@ class PullCursor:
 
 
 def pull_changes(
-    client: CvatClient, task_id: int, cursor: Cursor | None = None, *, reconcile: bool = True
+    client: CvatClient,
+    task_id: int,
+    cursor: Cursor | None = None,
+    *,
+    reconcile: bool = True,
+    progress: PullProgress | None = None,
 ) -> PullResult:
     """Annotations and QA metadata of the jobs updated since the cursor (all when None).
 
@@ -77,7 +82,10 @@ def pull_changes(
     covered = _frames_by_job(client, task_id) if changed else {}
     annotations: list[PulledAnnotation] = []
     out_jobs: list[qa.JobQA] = []
+    step = progress or (lambda n, total=None: None)
+    step(0, len(changed) + len(qa_only))
     for j in [*changed, *(job(client, jid) for jid in qa_only)]:
+        step(1)
         out_jobs.append(qa.job_qa(task_id, j, issues, iso(j.updated_date)))
         if j.id in qa_only or labels is None:
             continue

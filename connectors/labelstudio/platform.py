@@ -29,6 +29,7 @@ from labelloop.connectors.platform import (
     ImportReport,
     PriorityReport,
     Progress,
+    PullProgress,
     PullResult,
     PushReport,
 )
@@ -215,10 +216,20 @@ class LabelStudioPlatform:
         return write_predictions(self.client, container, preds, journal=state, chunk=chunk, progress=progress)
 
     def pull_changes(
-        self, container: int, cursor: Cursor | None = None, *, reconcile: bool = True
+        self,
+        container: int,
+        cursor: Cursor | None = None,
+        *,
+        reconcile: bool = True,
+        progress: PullProgress | None = None,
     ) -> PullResult:
         return pull.pull_changes(
-            self.client, container, cursor, image_field=self.image_key(container), reconcile=reconcile
+            self.client,
+            container,
+            cursor,
+            image_field=self.image_key(container),
+            reconcile=reconcile,
+            progress=progress,
         )
 
     def set_model_version(self, container: int, version: str) -> None:

@@ -24,7 +24,7 @@ from labelloop.connectors.labelstudio.client import LabelStudioClient
 from labelloop.connectors.labelstudio.imports import SHA_FIELD
 from labelloop.connectors.labelstudio.projects import image_key, label_config
 from labelloop.connectors.labelstudio.tasks import iter_tasks, task_ids
-from labelloop.connectors.platform import Cursor, PulledAnnotation, PullResult
+from labelloop.connectors.platform import Cursor, PulledAnnotation, PullProgress, PullResult
 from labelloop.errors import RemoteError
 from labelloop.types import ImageItem, Provenance, Source
 
@@ -60,6 +60,7 @@ def pull_changes(
     *,
     image_field: str | None = None,
     reconcile: bool = True,
+    progress: PullProgress | None = None,
 ) -> PullResult:
     """Every annotation of the tasks changed since ``cursor``, with what Label Studio recorded;
     ``reconcile`` also lists every task id of the project (``all_tasks``)."""
@@ -73,7 +74,10 @@ def pull_changes(
     annotations: list[PulledAnnotation] = []
     present: dict[str, list[str]] = {}
     # big pages: Label Studio serialises ~400 tasks/s with all fields either way; fewer round trips help
-    for task in iter_tasks(client, project, since=since, page_size=1000):
+    step = progress or (lambda n, total=None: None)
+    on_total = lambda total: step(0, total)  # noqa: E731 - the bar learns the total from page 1
+    for task in iter_tasks(client, project, since=since, page_size=1000, on_total=on_total):
+        step(1)
         tid = int(task["id"])
         data = task.get("data") or {}
         preds = {int(p["id"]): p for p in task.get("predictions") or []}

@@ -4,7 +4,7 @@ only those updated since a time), which prediction versions each holds, and thei
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,6 +20,7 @@ def iter_tasks(
     since: str | None = None,
     page_size: int = 100,
     include: str | None = None,
+    on_total: Callable[[int], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Tasks in id order (all their fields, or the ``include`` list); with ``since``, only those
     updated at or after it (Label Studio bumps a task's ``updated_at`` whenever one of its
@@ -56,6 +57,8 @@ def iter_tasks(
                 return
             raise
         batch = data.get("tasks", []) if isinstance(data, dict) else data
+        if page == 1 and on_total is not None and isinstance(data, dict) and "total" in data:
+            on_total(int(data["total"]))
         yield from batch
         seen += len(batch)
         total = data.get("total", 0) if isinstance(data, dict) else 0

@@ -60,7 +60,8 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[[int], None]
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(description, total=total)
-        yield lambda n: progress.advance(task, n)
+        # a pull learns its total from its first page: advance(0, total=N) sets it
+        yield lambda n, total=None: progress.update(task, advance=n, **({"total": total} if total else {}))
 
 
 def print_summary(summary: Any, json_out: Path | None) -> None:
