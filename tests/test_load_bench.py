@@ -14,7 +14,7 @@ def test_load_smoke(backend_factory, tmp_path: Path) -> None:  # type: ignore[no
     b = backend_factory(
         LABELLOOP_HTTP_WORKERS="2", LABELLOOP_ALLOW_PRIVATE_URLS="true", LABELLOOP_IMAGE_CACHE_BYTES="0"
     )
-    out = tmp_path / "load.json"
+    out = tmp_path / "load.json"  # where write_report looks for it
     r = bench_load(
         out, levels=(1, 2), duration_s=5, big_tasks=150, n_images=8, image_size=320, url=b.url,
         backend_pid=b.proc.pid,
@@ -28,3 +28,8 @@ def test_load_smoke(backend_factory, tmp_path: Path) -> None:  # type: ignore[no
     assert big["big_predict"]["status"] == 200 and big["big_predict"]["results"] == 150
     assert big["health"]["requests"] > 0 and big["health"]["over_budget"] == 0
     assert r["ok"]
+    from labelloop.bench.report import write_report
+
+    md = write_report(tmp_path).read_text()  # load.json here; fuzz and faults absent: named missing
+    assert "| 1 | " in md and "| /health |" in md and "No fuzz results" in md, md
+    assert "not run" in md and "test_a_database_outage_loses_nothing" in md

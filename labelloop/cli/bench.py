@@ -123,3 +123,15 @@ def bench_load(
     levels = tuple(int(c) for c in clients.split(",") if c.strip())
     if not run(out, levels=levels, duration_s=duration, big_tasks=big_tasks, workers=workers)["ok"]:
         raise typer.Exit(1)
+
+
+@bench_app.command("report")
+def bench_report(
+    results: Annotated[Path, typer.Option(help="folder of fuzz.json, load.json, faults.json")] = Path(
+        "bench-results"
+    ),
+) -> None:
+    """bench-results/reliability.md: fuzz, load and fault figures from their JSON, with date and commit."""
+    from labelloop.bench.report import write_report
+
+    print(write_report(results))
