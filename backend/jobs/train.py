@@ -14,6 +14,7 @@ enqueued; bad data, bad configuration and a cancel are never retried (see :func:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -28,6 +29,16 @@ from labelloop.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 LOCK_TTL_S = 120
+LOCK_TTL_ENV = "LABELLOOP_TRAIN_LOCK_TTL_S"  # overrides LOCK_TTL_S (tests of a killed worker)
+
+
+def lock_ttl_s() -> int:
+    """How long the line lock outlives a worker that died holding it (renewed every TTL/4 while
+    alive): LABELLOOP_TRAIN_LOCK_TTL_S, else LOCK_TTL_S."""
+    raw = os.environ.get(LOCK_TTL_ENV, "")
+    return max(2, int(raw)) if raw.strip() else LOCK_TTL_S
+
+
 NOT_RETRIED = {
     ErrorKind.DATA,
     ErrorKind.CONFIG,
@@ -55,8 +66,8 @@ def request_cancel(settings: Settings, conn: Redis, job_id: str) -> None:
 class LineLock:
     """A Redis lock for one model line, held while a training runs and renewed every TTL/4."""
 
-    def __init__(self, conn: Redis, key: str, ttl_s: int = LOCK_TTL_S) -> None:
-        self.conn, self.key, self.ttl_s = conn, key, ttl_s
+    def __init__(self, conn: Redis, key: str, ttl_s: int | None = None) -> None:
+        self.conn, self.key, self.ttl_s = conn, key, ttl_s or lock_ttl_s()
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -121,6 +132,7 @@ def retrain(version_id: str, line: str | None = None) -> dict[str, Any]:
     meta(stage="waiting for lock", line=line, version=version_id)
     lock = LineLock(conn, lock_key(settings, line))
     lock.acquire(wait_s=6 * 3600, cancelled=cancelled)
+    meta(lock_key=lock.key, lock_token=lock.token)  # recover_abandoned: alive while it holds this
     try:
         current = lines.champion(settings, line, fetch=False)
         if current is not None and current.dataset_version == version_id:
@@ -142,6 +154,50 @@ def retrain(version_id: str, line: str | None = None) -> dict[str, Any]:
         return outcome.to_dict()
     finally:
         lock.release()
+
+
+def recover_abandoned(settings: Settings, conn: Redis) -> list[str]:
+    """Retrain jobs whose worker died (SIGKILL, OOM, a lost host): retried now, or failed with the
+    reason when no retry is left. Returns their ids.
+
+    rq 3.0 calls a job abandoned only when its StartedJobRegistry entry expires, and a SimpleWorker
+    scores that entry at the job's timeout (6 h for a retrain) + 60 s, so a killed training would
+    sit "started" for hours. A live retrain renews its model line's lock every TTL/4 and records the
+    lock's token in job.meta: a started retrain whose lock no longer holds its token has lost its
+    worker (the lock expires LOCK_TTL_S after the death). Jobs still waiting for the lock carry no
+    token and are left alone. ``labelloop worker`` runs this at start and every TTL/2."""
+    from rq import Queue
+    from rq.registry import FailedJobRegistry, StartedJobRegistry
+
+    from labelloop.sync.trigger import train_queue_name
+
+    queue = Queue(train_queue_name(settings), connection=conn)
+    started = StartedJobRegistry(queue=queue)
+    recovered = []
+    for job_id in started.get_job_ids(cleanup=False):
+        try:
+            job = Job.fetch(job_id, connection=conn)
+        except Exception:
+            continue
+        key, token = job.meta.get("lock_key"), job.meta.get("lock_token")
+        if job.get_status() != "started" or not key or not token or conn.get(key) == token.encode():
+            continue
+        started.remove_executions(job)
+        job.meta.update(stage="abandoned", abandoned="its worker died (the line lock expired)")
+        job.meta.pop("lock_token", None)
+        job.save_meta()
+        if job.retries_left:
+            job.retries_left -= 1  # a dead worker is not an outage: no retry interval
+            queue.enqueue_job(job)
+            log.warning(
+                "retrain %s lost its worker: enqueued again (%d retries left)", job_id, job.retries_left
+            )
+        else:
+            FailedJobRegistry(queue=queue).add(job, exc_string="abandoned: its worker died mid-training")
+            job.set_status("failed")
+            log.warning("retrain %s lost its worker and has no retry left: failed", job_id)
+        recovered.append(job_id)
+    return recovered
 
 
 def no_retry_for(job: Job, exc_type: type, exc_value: BaseException, tb: Any) -> bool:
