@@ -164,3 +164,43 @@ def test_numpy_nms_and_letterbox_match_ultralytics() -> None:
             ours = letterbox(im, (IMGSZ, IMGSZ), auto=auto, stride=32)
             theirs = LetterBox((IMGSZ, IMGSZ), auto=auto, stride=32)(image=im)
             assert ours.shape == theirs.shape and np.array_equal(ours, theirs)
+
+
+def test_a_gunicorn_worker_serves_lean_without_torch(
+    artifacts: dict[str, Path], tmp_path: Path, redis_url: str
+) -> None:
+    """A real backend with LABELLOOP_RUNTIME=lean answers /predict with boxes, and its worker has
+    no libtorch mapped and stays well under the issue's 400 MB target."""
+    import requests
+
+    from labelloop.backend.serving.gunicorn import BackendProcess
+    from labelloop.bench.lean import CONFIG
+    from tests.helpers import shape_images
+
+    paths = shape_images(tmp_path / "img", 4, size=IMGSZ)
+    settings = load_settings(local_roots=[tmp_path / "img"], image_cache_bytes=0, http_workers=1)
+    weights = artifacts["onnx-static"]
+    b = BackendProcess(
+        tmp_path / "backend", weights, redis_url, {"LABELLOOP_RUNTIME": "lean"}, settings=settings
+    )
+    try:
+        b.start(timeout=120)
+        body = {
+            "tasks": [{"id": i, "data": {"image": str(p)}} for i, p in enumerate(paths)],
+            "label_config": CONFIG,
+        }
+        r = requests.post(f"{b.url}/predict", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert len(results) == 4 and sum(len(x["result"]) for x in results) > 0
+        pid = int(requests.get(f"{b.url}/health", timeout=5).json()["pid"])
+        assert "libtorch" not in Path(f"/proc/{pid}/maps").read_text()
+        rss_kb = int(
+            next(
+                ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("VmRSS")
+            ).split()[1]
+        )
+        assert rss_kb < 400 * 1024, f"worker RSS {rss_kb // 1024} MB"
+        assert "lean runtime" in (tmp_path / "backend" / "backend.log").read_text()
+    finally:
+        b.stop()
