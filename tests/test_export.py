@@ -62,7 +62,9 @@ def test_openvino_dir_serves_as_one_model_with_the_predictors_streams(
         load_settings(), demo_weights, "openvino", tmp_path, imgsz=IMGSZ,
         holdout=dataset / "images" / "val", conf=0.1, log_to_registry=False,
     )  # fmt: skip
-    settings = load_settings(model=Path(report.artifact), streams=2, conf=0.1, device="cpu", imgsz=IMGSZ)
+    settings = load_settings(
+        model=Path(report.artifact), runtime="openvino", streams=2, conf=0.1, device="cpu", imgsz=IMGSZ
+    )
     p = Predictor(Path(report.artifact), settings)
     assert p.runtime == "openvino" and p.streams == 2
     images = [np.asarray(Image.open(f).convert("RGB")) for f in sorted((dataset / "images" / "val").iterdir())]

@@ -1,7 +1,8 @@
 """The lean CPU runtime: ONNX (fp32/INT8) and OpenVINO IR detect models served with neither torch nor
 Ultralytics imported (their import alone is ~550 MB of a worker's RSS).
 
-Opt-in with ``predict.runtime = "lean"`` (LABELLOOP_RUNTIME=lean). It does what Ultralytics'
+``predict.runtime = "lean"`` (LABELLOOP_RUNTIME=lean) asks for it; ``auto`` picks it for an exported
+.onnx file or OpenVINO IR dir of a detect model on the CPU (``wanted``). It does what Ultralytics'
 DetectionPredictor does, in numpy: the letterbox (LetterBox: scaleup, centred, pad 114, cv2 bilinear
 resize; minimal stride padding when the model takes dynamic shapes, as Ultralytics' ``rect`` predict
 does, else padded to the model's fixed size), BGR -> RGB /255 float32, one forward, the YOLOv8 detect
@@ -308,6 +309,21 @@ class LeanRuntime:
                     decode_detect(raw[0], len(self.names), lb.shape[:2], im.shape[:2], conf, iou, max_det)
                 )
         return out
+
+
+def gpu_present() -> bool:
+    """Whether this host has a GPU driver loaded, asked without torch (NVIDIA or ROCm device nodes)."""
+    return any(Path(d).exists() for d in ("/dev/nvidiactl", "/dev/kfd"))
+
+
+def wanted(settings: PredictSettings, weights: Path) -> bool:
+    """``lean`` asks for it; ``auto`` picks it for an exported .onnx / OpenVINO IR on the CPU
+    (device ``cpu``, or ``auto`` on a host without a GPU; with one, the current runtime decides)."""
+    if settings.runtime == "lean":
+        return True
+    if settings.runtime != "auto" or artifact_runtime(weights) is None:
+        return False
+    return settings.device == "cpu" or (settings.device == "auto" and not gpu_present())
 
 
 def open_lean(weights: Path, settings: PredictSettings) -> LeanRuntime | None:

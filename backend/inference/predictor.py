@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from labelloop.backend.inference import lean as lean_runtime
 from labelloop.backend.inference import uncertainty as unc
 from labelloop.backend.inference.class_probs import probs_predictor
 from labelloop.backend.inference.images import Fetched
@@ -58,10 +59,8 @@ class Predictor:
         self.weights = Path(weights)
         self.model_version = model_version_of(self.weights)
         predict_settings = settings.predict
-        if predict_settings.runtime == "lean":
-            from labelloop.backend.inference.lean import open_lean
-
-            lean = open_lean(self.weights, predict_settings)
+        if lean_runtime.wanted(predict_settings, self.weights):
+            lean = lean_runtime.open_lean(self.weights, predict_settings)
             if lean is not None:
                 self._serve_lean(lean)
                 return
