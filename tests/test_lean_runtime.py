@@ -1,5 +1,5 @@
 """The lean runtime (no torch, no Ultralytics) on the cached demo model: its detections match the
-current ONNX Runtime / OpenVINO path's on 16 shape images of several aspect ratios (same class, IoU
+current ONNX Runtime (fp32, INT8) / OpenVINO path's on 16 shape images of several aspect ratios (same class, IoU
 >= 0.9, score within 1e-3, for >= 99 % of boxes), and a process serving through it never imports
 torch or ultralytics."""
 
@@ -42,13 +42,22 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> list[np.ndarray]:
 def artifacts(
     demo_weights: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Path]:
-    """A static ONNX (``labelloop export``'s), the dynamic one the onnx runtime caches, an OpenVINO IR."""
-    from labelloop.backend.inference.export import build_artifact
+    """A static ONNX (``labelloop export``'s), its ORT INT8, the dynamic one the onnx runtime
+    caches, an OpenVINO IR."""
+    from labelloop.backend.inference.demo_model import write_shapes_dataset
+    from labelloop.backend.inference.export import build_artifact, export_model
     from labelloop.backend.inference.runtime import onnx_export
 
     work = tmp_path_factory.mktemp("export")
     names = {0: "circle", 1: "square", 2: "triangle"}
+    calib = work / "calib"
+    write_shapes_dataset(calib, n_train=8, n_val=2, size=IMGSZ, seed=9)
+    int8 = export_model(
+        load_settings(), demo_weights, "onnx-int8", work / "int8", imgsz=IMGSZ, calibration=str(calib),
+        conf=CONF, calibration_images=8, log_to_registry=False,
+    )  # fmt: skip
     return {
+        "onnx-int8": Path(int8.artifact),
         "onnx-static": build_artifact(demo_weights, "onnx", work / "onnx", IMGSZ, None, names),
         "onnx-dynamic": onnx_export(demo_weights, IMGSZ, cache_dir),
         "openvino": build_artifact(demo_weights, "openvino", work / "ov", IMGSZ, None, names),
@@ -89,7 +98,7 @@ def parity(reference: list[ImageItem], lean: list[ImageItem]) -> tuple[int, int,
     return total, matched, extra
 
 
-@pytest.mark.parametrize("kind", ["onnx-static", "onnx-dynamic", "openvino"])
+@pytest.mark.parametrize("kind", ["onnx-static", "onnx-int8", "onnx-dynamic", "openvino"])
 def test_lean_matches_the_current_runtime(
     kind: str, artifacts: dict[str, Path], images: list[np.ndarray]
 ) -> None:
