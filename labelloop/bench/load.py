@@ -258,6 +258,7 @@ def bench_load(
         for users in levels:
             spec = {**base, "kind": "concurrency", "users": users, "duration_s": duration_s}
             levels_out.append(_run_phase(spec, timeout=duration_s + 300))
+            levels_out[-1]["rss_mb_after"] = _worker_rss_mb(backend_pid)  # bounded, or growing?
         big_timeout = 900.0
         spec = {**base, "kind": "big", "big_tasks": big_tasks, "probes": probes, "big_timeout_s": big_timeout}
         big = _run_phase(spec, timeout=big_timeout + 120)

@@ -81,6 +81,14 @@ def _load_section(r: dict[str, Any] | None, src: Path) -> list[str]:
             f"| /{name} | {p['requests']} | {p['failures']} | {_n(p['p50_ms'])} | {_n(p['p99_ms'])} | "
             f"{_n(p['max_ms'])} | {p['over_budget']} (> {p['budget_ms'] / 1000:.0f} s) |"
         )
+    per_level = [(lv["users"], lv.get("rss_mb_after")) for lv in r["levels"] if lv.get("rss_mb_after")]
+    if per_level:
+        out += [
+            "",
+            "Largest backend process RSS (MB) after each level: "
+            + ", ".join(f"{u} clients {max(m.values()):.0f}" for u, m in per_level)
+            + ".",
+        ]
     rss = r.get("worker_rss_mb", {})
     if rss.get("before"):
         before, after = rss["before"], rss["after"]
