@@ -268,6 +268,9 @@ def bench_load(
             backend.stop()
         server.terminate()
         server.wait(timeout=10)
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)  # images and the backend's log
     one = levels_out[0]
     for lv in levels_out:
         lv["images_per_s_vs_1"] = lv["images_per_s"] / one["images_per_s"] if one["images_per_s"] else None
