@@ -44,6 +44,7 @@ def worker_rss(weights: Path, runtime: str, images: list[Path], work: Path) -> d
     b.start(timeout=180)
     try:
         ready_s = time.monotonic() - t0
+        pid = int(requests.get(f"{b.url}/health", timeout=5).json()["pid"])  # before /predict: see the test
         body = {
             "tasks": [{"id": i, "data": {"image": str(p)}} for i, p in enumerate(images)],
             "label_config": CONFIG,
@@ -54,7 +55,6 @@ def worker_rss(weights: Path, runtime: str, images: list[Path], work: Path) -> d
             r.raise_for_status()
             answers.append(r.json())
         boxes = sum(len(res.get("result", [])) for res in answers[-1]["results"])
-        pid = int(requests.get(f"{b.url}/health", timeout=5).json()["pid"])
         maps = Path(f"/proc/{pid}/maps").read_text()
         return {
             "runtime": runtime,
