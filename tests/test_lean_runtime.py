@@ -155,6 +155,26 @@ def test_lean_falls_back_for_weights_it_cannot_serve(
     assert [r.message for r in caplog.records if "runtime lean" in r.message]
 
 
+def test_an_end_to_end_head_is_left_to_the_current_runtime(
+    demo_weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An nms=True export ([1, max_det, 6], as YOLO26/YOLOv10 heads give) is not decoded by lean:
+    auto serves it with the onnx runtime and says why."""
+    import shutil
+
+    from ultralytics import YOLO
+
+    from labelloop.backend.inference.predictor import Predictor
+
+    src = tmp_path / "model.pt"
+    shutil.copy(demo_weights, src)
+    e2e = Path(YOLO(str(src)).export(format="onnx", imgsz=IMGSZ, nms=True, device="cpu"))
+    with caplog.at_level("INFO", logger="labelloop.backend.inference.lean"):
+        p = Predictor(e2e, load_settings(model=e2e, device="cpu", imgsz=IMGSZ))
+    assert p.runtime == "onnx"
+    assert any("end-to-end" in r.message for r in caplog.records)
+
+
 def test_numpy_nms_and_letterbox_match_ultralytics() -> None:
     import torch
     import torchvision
@@ -194,8 +214,8 @@ def test_a_gunicorn_worker_serves_lean_without_torch(
     )
     try:
         b.start(timeout=120)
-        # the pid before /predict: a /health after a /predict makes this backend take its whole
-        # 30 s graceful timeout to stop (seen with the onnx runtime too)
+        # the pid before /predict: after a /health that follows a /predict the backend took its
+        # whole 30 s graceful timeout to stop (onnx runtime too); it still does so at times
         pid = int(requests.get(f"{b.url}/health", timeout=5).json()["pid"])
         body = {
             "tasks": [{"id": i, "data": {"image": str(p)}} for i, p in enumerate(paths)],

@@ -13,8 +13,9 @@ suppressed, ``max_det`` kept), boxes scaled back and clipped. The result objects
 class vector of each kept box, ``max_candidate``), so the predictor builds the same ImageItems.
 
 Class names, task, imgsz and stride come from the ONNX metadata_props Ultralytics writes, or from
-an OpenVINO IR dir's ``metadata.yaml``. Detect only for now: any other task (and .pt weights, which
-need a torch export first) is served by the current runtime, said in one log line.
+an OpenVINO IR dir's ``metadata.yaml``. Detect only for now, with the YOLOv8-style head: any other
+task, an end-to-end head (YOLO26/YOLOv10 or an nms=True export: [1, max_det, 6]) and .pt weights
+(which need a torch export first) are served by the current runtime, said in one log line.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class ModelMeta:
     imgsz: tuple[int, int]
     stride: int = 32
     args: dict[str, Any] = field(default_factory=dict)
+    end2end: bool = False  # NMS-free head or NMS in the graph: [1, max_det, 6] out, not [1, 4+nc, N]
 
 
 def _literal(v: Any) -> Any:
@@ -77,6 +79,7 @@ def parse_meta(raw: dict[str, Any]) -> ModelMeta:
         imgsz=(int(imgsz[0]), int(imgsz[1])),
         stride=int(_literal(raw.get("stride", 32))),
         args=args if isinstance(args, dict) else {},
+        end2end=bool(_literal(raw.get("end2end", False))) or bool(isinstance(args, dict) and args.get("nms")),
     )
 
 
@@ -232,6 +235,8 @@ class _OnnxModel:
         self.dynamic = any(not isinstance(d, int) for d in inp.shape[2:])
         self.input_hw = None if self.dynamic else (int(inp.shape[2]), int(inp.shape[3]))
         self.meta = parse_meta(dict(self.session.get_modelmeta().custom_metadata_map))
+        out = self.session.get_outputs()[0].shape
+        self.channels = out[1] if len(out) == 3 and isinstance(out[1], int) else None
         self.streams = streams
 
     @contextmanager
@@ -259,6 +264,9 @@ class _OpenVinoModel:
         for _ in range(streams):
             self._requests.put(self.compiled.create_infer_request())
         self._out = self.compiled.output(0)
+        out = self._out.get_partial_shape()
+        static = len(out) == 3 and out[1].is_static
+        self.channels = int(out[1].get_length()) if static else None
 
     @contextmanager
     def stream(self) -> Iterator[Any]:
@@ -343,6 +351,14 @@ def open_lean(weights: Path, settings: PredictSettings) -> LeanRuntime | None:
             "/".join(LEAN_TASKS),
             weights.name,
             rt.task,
+        )
+        return None
+    channels = getattr(rt.model, "channels", None)
+    if rt.meta.end2end or (channels is not None and channels != 4 + len(rt.names)):
+        log.info(
+            "runtime lean decodes the YOLOv8-style detect head [1, 4+nc, N]; %s has an end-to-end or "
+            "other head: served by the current runtime",
+            weights.name,
         )
         return None
     return rt
