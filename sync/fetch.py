@@ -80,14 +80,15 @@ def reader_for(
 
 def fetch_missing(
     store: Store,
-    target: Target,
+    todo: list[tuple[str, str, str | None, bool]],
     read: Callable[[str, str | None], bytes],
     *,
-    limit: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> FetchReport:
+    """Fetch and store what :func:`missing` listed (listed once by the caller, who also sizes its
+    progress bar from it)."""
     report = FetchReport()
-    for task_id, key, uri, placeholder in missing(store, target, limit):
+    for task_id, key, uri, placeholder in todo:
         try:
             data = read(task_id, uri)
             sha = sha256_bytes(data)

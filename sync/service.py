@@ -122,6 +122,7 @@ class _Source:
     next_try: float = 0.0
     last_reconcile: float | None = None
     written_agreement: dict[str, float] = field(default_factory=dict)
+    reader: Callable[[str, str | None], bytes] | None = None  # image bytes, for this platform
 
     @property
     def container(self) -> int:
@@ -261,20 +262,22 @@ class SyncService:
         if src.platform is not None:
             with contextlib.suppress(Exception):  # a broken connection may not close cleanly
                 src.platform.close()
-            src.platform = None
+            src.platform = src.reader = None  # the reader reads through that platform
 
     def _fetch_images(self, src: _Source, out: SourceReport) -> None:
         """The bytes of this source's items that the blob store lacks (training and export need them)."""
         assert src.platform is not None and src.target is not None
-        todo = len(missing(self.store, src.target))
+        todo = missing(self.store, src.target)
         if not todo:
             return
+        if src.reader is None:  # one fetcher per source, not one per pass
+            src.reader = reader_for(src.settings, src.platform, src.container)
         t0 = time.monotonic()
-        with self.bar(f"images {src.name}", todo) as advance:
+        with self.bar(f"images {src.name}", len(todo)) as advance:
             got = fetch_missing(
                 self.store,
-                src.target,
-                reader_for(src.settings, src.platform, src.container),
+                todo,
+                src.reader,
                 progress=advance,
             )
         out.images_fetched, out.images_failed = got.fetched, got.failed
@@ -382,7 +385,7 @@ class SyncService:
                 try:
                     src.platform.close()
                 finally:
-                    src.platform = None
+                    src.platform = src.reader = None
 
 
 def _first(e: BaseException) -> str:

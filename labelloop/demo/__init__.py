@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -109,7 +110,7 @@ def ensure_redis(url: str, work: Path) -> tuple[str, subprocess.Popen | None]:
         Redis.from_url(url, socket_connect_timeout=2).ping()
         return url, None
     except Exception as e:
-        exe = _which("redis-server")
+        exe = shutil.which("redis-server")
         if exe is None:
             raise ConfigError(
                 f"Redis at {url} is unreachable ({e}) and redis-server is not installed: start Redis "
@@ -130,12 +131,6 @@ def ensure_redis(url: str, work: Path) -> tuple[str, subprocess.Popen | None]:
             time.sleep(0.1)
     proc.kill()
     raise ConfigError(f"redis-server did not start on port {port}")
-
-
-def _which(name: str) -> str | None:
-    import shutil
-
-    return shutil.which(name)
 
 
 def _wait(pred: Callable[[], bool], timeout: float, what: str, every: float = 0.5) -> None:
@@ -286,8 +281,6 @@ def run_demo(
 
 def _new_run_dir(root: Path, keep: int = 5) -> Path:
     """A fresh folder for this run; older runs beyond the newest ``keep`` are removed."""
-    import shutil
-
     root.mkdir(parents=True, exist_ok=True)
     for old in sorted(root.glob("run-*"))[: -(keep - 1) or None]:
         shutil.rmtree(old, ignore_errors=True)
