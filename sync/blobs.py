@@ -56,11 +56,15 @@ class BlobStore:
             if self.local:
                 Path(dest).parent.mkdir(parents=True, exist_ok=True)
                 tmp = f"{dest}.{uuid.uuid4().hex}.tmp"
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, dest)
+                try:
+                    with open(tmp, "wb") as f:
+                        f.write(data)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    os.replace(tmp, dest)
+                except OSError:  # e.g. the disk is full: a half-written temporary file would keep it so
+                    Path(tmp).unlink(missing_ok=True)
+                    raise
             else:
                 self.fs.pipe_file(dest, data)
         except OSError as e:

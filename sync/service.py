@@ -36,7 +36,7 @@ from labelloop.sync.fetch import fetch_missing, missing, reader_for
 from labelloop.sync.ingest import IngestReport, ingest, load_cursor
 from labelloop.sync.prelabel import Bar, no_bar, open_platform
 from labelloop.sync.store import Store
-from labelloop.sync.trigger import enqueue_retrain, should_retrain
+from labelloop.sync.trigger import enqueue_retrain, retrain_known, should_retrain
 from labelloop.sync.versions import changes_since, latest, pending_labels, snapshot
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,7 @@ class SyncService:
         self.fetch_images = settings.sync.fetch_images if fetch_images is None else fetch_images
         self.passes = 0
         self._weighed_at: float | None = None
+        self._enqueued: str | None = None  # the last retrain this service enqueued
         self._store_down = False
 
     # -------------------------------------------------------------------- one pass
@@ -317,7 +318,10 @@ class SyncService:
         rules = self.settings.trigger
         now = time.monotonic()
         age_due = rules.max_age_h is not None and (self._weighed_at is None or now - self._weighed_at >= 60)
-        weigh = report.changed > 0 or self._weighed_at is None or age_due
+        # a retrain this service enqueued that Redis forgot (restarted without persistence) is
+        # weighed again from the store, and enqueued again while the labels are still pending
+        known = self._enqueued is None or retrain_known(self.settings, self._enqueued)
+        weigh = report.changed > 0 or self._weighed_at is None or age_due or not known
         fire: tuple[str, str] | None = None
         with self.store.transaction() as s:
             head = latest(s)
@@ -340,6 +344,7 @@ class SyncService:
         if fire:  # after the commit: the version exists before any worker is told to train on it
             report.job_id = enqueue_retrain(self.settings, *fire)
             if report.job_id:
+                self._enqueued = report.job_id
                 log.info("retrain of version %s enqueued: %s", fire[0][:12], fire[1])
 
     # -------------------------------------------------------------------- the loop

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from redis import Redis
 from rq import Queue, Retry
+from rq.job import Job
 
 from labelloop.settings import Settings, TriggerSettings
 
@@ -73,3 +74,10 @@ def enqueue_retrain(
         conn.delete(claim)  # not enqueued: let the next pass try again
         raise
     return job_id
+
+
+def retrain_known(settings: Settings, job_id: str, *, conn: Redis | None = None) -> bool:
+    """Whether Redis still knows the retrain ``job_id`` (queued, running, finished or failed): a
+    Redis restarted without persistence forgets the queue, and the sync then weighs again."""
+    conn = conn or Redis.from_url(settings.queue.redis_url, socket_connect_timeout=5)
+    return bool(Job.exists(job_id, connection=conn))

@@ -6,6 +6,11 @@
   flight on the killed worker fail, and none fails (no 5xx either) after recovery;
 - the rq worker SIGKILLed during a retrain: nothing promoted, the line lock expires, and rq's
   abandoned-job handling retries the job, which a second worker then runs to a promotion;
+- Redis (append-only file, fsync always) SIGKILLed and restarted with a job running and five
+  queued: the worker reconnects, every job ends finished or failed with its reason, none lost;
+- Redis without persistence (like the shared one) restarted with a retrain queued: Redis forgets
+  it, and the next sync pass, which sees that, enqueues it again once (the trigger is recomputed
+  from the store);
 - PostgreSQL refusing connections during a sync pass: already covered by
   tests/test_sync_service.py::test_a_database_outage_loses_nothing (not repeated here).
 
@@ -324,3 +329,163 @@ def test_rq_worker_sigkilled_mid_training_promotes_nothing_and_the_job_is_retrie
     finally:
         stop_group(first, timeout=5)
         stop_group(second, timeout=10)
+
+
+# ---------------------------------------------------------------------------- Redis restarted
+
+
+class RedisServer:
+    """A redis-server of one test on a free port; ``crash_and_restart`` SIGKILLs it and starts it
+    again on the same port and directory. ``persist``: an append-only file fsynced on every write
+    (what a team's Redis should run with), else no persistence at all (like the shared one)."""
+
+    def __init__(self, d: Path, persist: bool) -> None:
+        self.dir, self.port, self.persist = d, free_port(), persist
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+        d.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> RedisServer:
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--appendonly", "no"]
+        )
+        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir)]
+        self.proc = spawn([*cmd, "--save", "", *persistence], dict(os.environ), self.dir / "redis.log")
+        wait_for(lambda: _pings(self.url), 20, 0.1, what="the test's redis-server")
+        return self
+
+    def crash_and_restart(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.start()
+
+    def stop(self) -> None:
+        stop_group(self.proc, timeout=5)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Any]:
+    started: list[RedisServer] = []
+
+    def start(persist: bool) -> RedisServer:
+        started.append(RedisServer(tmp_path / f"redis-{len(started)}", persist))
+        return started[-1].start()
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+def test_redis_restarted_mid_queue_every_job_finishes_or_fails_with_a_reason(  # type: ignore[no-untyped-def]
+    tmp_path: Path, redis_server
+) -> None:
+    """A Redis with an fsynced append-only file crashes and restarts while a worker runs one job
+    and five wait: the worker reconnects, and every job ends finished, or failed in rq's failed
+    registry with its reason; none is lost."""
+    from rq import Queue
+    from rq.job import Job
+    from rq.registry import FailedJobRegistry
+
+    from labelloop.backend.jobs.queues import PREDICT, queue_name
+    from labelloop.settings import Settings
+
+    srv = redis_server(persist=True)
+    settings = Settings(
+        cache_dir=tmp_path / "cache", redis_url=srv.url, queue={"prefix": f"fr{uuid.uuid4().hex[:8]}"}
+    )
+    conn = Redis.from_url(srv.url)
+    q = Queue(queue_name(settings, PREDICT), connection=conn)
+    ids = [
+        q.enqueue("time.sleep", 1.5, job_id=f"sleep-{i}", result_ttl=3600, failure_ttl=3600).id
+        for i in range(6)
+    ]
+    log = tmp_path / "worker.log"
+    env = {**os.environ, **settings.environment(), "YOLO_OFFLINE": "1"}
+    worker = spawn([sys.executable, "-m", "labelloop.cli", "worker", "--queues", "predict"], env, log)
+    try:
+
+        def running() -> bool:
+            assert worker.poll() is None, log.read_text()[-3000:]
+            return any(Job.fetch(i, connection=conn).get_status() == "started" for i in ids)
+
+        wait_for(running, 60, 0.1, what="the worker to start a job")
+        queued_at_crash = q.count
+        srv.crash_and_restart()
+        restarted = time.monotonic()
+        conn = Redis.from_url(srv.url)
+
+        def ended() -> dict[str, str] | None:
+            assert worker.poll() is None, log.read_text()[-3000:]
+            st = {i: Job.fetch(i, connection=conn).get_status() for i in ids}
+            return st if set(st.values()) <= {"finished", "failed"} else None
+
+        statuses = wait_for(ended, 120, 0.5, what="every job to finish or fail")
+        recovered_s = time.monotonic() - restarted
+        failed = FailedJobRegistry(queue=Queue(q.name, connection=conn)).get_job_ids()
+        for i, s in statuses.items():
+            if s == "failed":  # a failure says why, and sits where an operator looks
+                assert i in failed and Job.fetch(i, connection=conn).latest_result().exc_string, i
+        assert "could not connect to Redis" in log.read_text() or queued_at_crash == 0
+    finally:
+        stop_group(worker, timeout=10)
+    counts = Counter(statuses.values())
+    assert counts["finished"] + counts["failed"] == 6
+    record(
+        "redis_restarted_mid_queue",
+        {
+            "fault": "redis-server (append-only file, fsync always) SIGKILLed and restarted with 1 job "
+            f"running and {queued_at_crash} queued",
+            "jobs": len(ids),
+            "finished": counts["finished"],
+            "failed_with_reason": counts["failed"],
+            "lost": 0,
+            "all_ended_s": round(recovered_s, 1),
+        },
+    )
+
+
+@pytest.mark.labelstudio
+def test_redis_without_persistence_forgets_the_retrain_and_the_sync_enqueues_it_again(  # type: ignore[no-untyped-def]
+    label_studio, tmp_path: Path, redis_server
+) -> None:
+    """A Redis without persistence (like the shared one) forgets every queued job on a restart.
+    What labelloop promises then: the retrain trigger is recomputed from the store, so the next
+    sync pass sees its retrain is gone and enqueues it again (once), with no new label needed."""
+    from rq import Queue
+
+    from labelloop.connectors.labelstudio import LabelStudioClient
+    from labelloop.sync.service import SyncService
+    from labelloop.sync.store import Store
+    from labelloop.sync.trigger import train_queue_name
+    from tests.sync_helpers import annotated_tasks, make_project, source, sync_settings
+
+    srv = redis_server(persist=False)
+    conn = LabelStudioClient(label_studio.url, label_studio.token, backoff_s=0.05)
+    project, _ = make_project(conn, "redis forgets", annotated_tasks(4))
+    settings = sync_settings(label_studio, tmp_path, trigger={"min_new_labels": 3}).with_(redis_url=srv.url)
+    with Store.open(f"sqlite:///{tmp_path / 'store.db'}", blob_root=str(tmp_path / "blobs")) as store:
+        svc = SyncService(settings, store, [source(label_studio, project)])
+        first = svc.run_once()
+        assert first.ok and first.job_id, first.line()
+
+        def queued() -> list[str]:
+            return Queue(train_queue_name(settings), connection=Redis.from_url(srv.url)).job_ids
+
+        assert queued() == [first.job_id]
+        srv.crash_and_restart()
+        assert queued() == []  # forgotten, with its claim
+        second = svc.run_once()
+        assert second.ok and second.changed == 0 and second.job_id == first.job_id, second.line()
+        assert queued() == [first.job_id]
+        third = svc.run_once()
+        assert third.job_id is None and queued() == [first.job_id]  # once, not every pass
+    record(
+        "redis_without_persistence_restarted",
+        {
+            "fault": "redis-server without persistence SIGKILLed and restarted with a retrain queued",
+            "jobs_forgotten_by_redis": 1,
+            "retrain_enqueued_again_by_next_pass": True,
+            "duplicates": 0,
+        },
+    )
