@@ -15,7 +15,7 @@
   tests/test_sync_service.py::test_a_database_outage_loses_nothing (not repeated here).
 
 Each test writes its figures to ``$LABELLOOP_FAULTS_JSON`` (default bench-results/faults.json)
-for ``labelloop bench report``. Every process started here is stopped in a fixture teardown.
+for ``labelloop bench reliability``. Every process started here is stopped in a fixture teardown.
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ CONFIG = (
 
 
 def record(name: str, figures: dict[str, Any]) -> None:
-    """Merge one fault's figures into the faults JSON (read by ``labelloop bench report``)."""
+    """Merge one fault's figures into the faults JSON (read by ``labelloop bench reliability``,
+    which shows fault, promise, requests, 5xx, faults_injected, lost, duplicated and latency_ms
+    in its summary and the rest as details). Called only after the test's asserts passed."""
     FAULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
     data = json.loads(FAULTS_JSON.read_text()) if FAULTS_JSON.is_file() else {"kind": "faults", "faults": {}}
     data["faults"][name] = {**figures, "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -178,6 +180,11 @@ def test_redis_killed_mid_run_predict_and_health_keep_answering(  # type: ignore
         "redis_killed",
         {
             "fault": "the backend's redis-server SIGKILLed under /predict load (3 clients)",
+            "promise": "/predict keeps answering (hand-offs run in a thread of the backend), /health up",
+            "requests": sum((before + during).values()) + len(after) + len(health),
+            "faults_injected": 1,
+            "lost": 0,  # every /predict answered with one result per task
+            "latency_ms": {"max": round(worst * 1000, 1)},  # /health after the kill
             "predict_before": dict(before),
             "predict_after_kill": dict(during),
             "big_predicts_after_kill_ok": len(after),
@@ -230,6 +237,9 @@ def test_gunicorn_worker_sigkilled_under_load_is_replaced(backend_factory, tmp_p
         "gunicorn_worker_sigkilled",
         {
             "fault": "one of 2 gunicorn workers SIGKILLed under /predict load (4 clients)",
+            "promise": "the master boots a new worker; only requests in flight on it fail; no 5xx",
+            "requests": sum((before + during + after).values()),
+            "faults_injected": 1,
             "recovery_s": round(recovered - killed, 2),
             "failed_in_flight": failed,
             "during": dict(during),
@@ -317,6 +327,11 @@ def test_rq_worker_sigkilled_mid_training_promotes_nothing_and_the_job_is_retrie
             "rq_worker_sigkilled_mid_training",
             {
                 "fault": f"labelloop worker SIGKILLed during the retrain's {stage} stage",
+                "promise": "nothing promoted; the line lock expires; the job is retried and a second "
+                "worker promotes",
+                "faults_injected": 1,
+                "lost": 0,
+                "duplicated": 0,
                 "promoted_after_kill": False,
                 "lock_ttl_s": lock_ttl,
                 "lock_freed_s": round(lock_freed_s, 2),
@@ -434,6 +449,9 @@ def test_redis_restarted_mid_queue_every_job_finishes_or_fails_with_a_reason(  #
     record(
         "redis_restarted_mid_queue",
         {
+            "promise": "every job ends finished, or failed in rq's failed registry with its reason",
+            "faults_injected": 1,
+            "duplicated": 0,
             "fault": "redis-server (append-only file, fsync always) SIGKILLed and restarted with 1 job "
             f"running and {queued_at_crash} queued",
             "jobs": len(ids),
@@ -484,8 +502,11 @@ def test_redis_without_persistence_forgets_the_retrain_and_the_sync_enqueues_it_
         "redis_without_persistence_restarted",
         {
             "fault": "redis-server without persistence SIGKILLed and restarted with a retrain queued",
+            "promise": "the next sync pass enqueues the forgotten retrain again, once",
+            "faults_injected": 1,
+            "lost": 0,
             "jobs_forgotten_by_redis": 1,
             "retrain_enqueued_again_by_next_pass": True,
-            "duplicates": 0,
+            "duplicated": 0,
         },
     )

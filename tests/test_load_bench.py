@@ -28,8 +28,9 @@ def test_load_smoke(backend_factory, tmp_path: Path) -> None:  # type: ignore[no
     assert big["big_predict"]["status"] == 200 and big["big_predict"]["results"] == 150
     assert big["health"]["requests"] > 0 and big["health"]["over_budget"] == 0
     assert r["ok"]
-    from labelloop.bench.report import write_report
+    from labelloop.bench.reliability import write_report
 
-    md = write_report(tmp_path).read_text()  # load.json here; fuzz and faults absent: named missing
+    # load.json here; fuzz and fault results absent: named missing
+    md = write_report(tmp_path, tmp_path / "RELIABILITY.md").read_text()
     assert "| 1 | " in md and "| /health |" in md and "No fuzz results" in md, md
     assert "not run" in md and "test_a_database_outage_loses_nothing" in md

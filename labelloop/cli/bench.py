@@ -125,13 +125,15 @@ def bench_load(
         raise typer.Exit(1)
 
 
-@bench_app.command("report")
-def bench_report(
+@bench_app.command("reliability")
+def bench_reliability(
     results: Annotated[Path, typer.Option(help="folder of fuzz.json, load.json, faults.json")] = Path(
         "bench-results"
     ),
+    out: Annotated[Path, typer.Option(help="the report")] = Path("docs/RELIABILITY.md"),
 ) -> None:
-    """bench-results/reliability.md: fuzz, load and fault figures from their JSON, with date and commit."""
-    from labelloop.bench.report import write_report
+    """docs/RELIABILITY.md: one table of the fuzz, load and fault figures (requests, 5xx, faults
+    injected, items lost or duplicated, latency) from their JSON, with date and commit."""
+    from labelloop.bench.reliability import write_report
 
-    print(write_report(results))
+    print(write_report(results, out))
