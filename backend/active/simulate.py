@@ -40,20 +40,32 @@ from typing import Any
 import numpy as np
 import yaml
 
+from labelloop.backend.active.oracle import (
+    ground_truth,
+    label_path,
+    load_rgb,
+    prelabel_effort,
+    total_effort,
+)
+from labelloop.backend.active.pseudo import keep
 from labelloop.backend.active.selection import PoolEntry, score_pool
 from labelloop.backend.active.strategies import get_strategy
+from labelloop.backend.active.tta import Stability, stability
 from labelloop.backend.inference.images import decode_image
 from labelloop.backend.inference.runtime import pick_device
 from labelloop.backend.inference.yolo_env import ensure_yolo_env
 from labelloop.backend.training.gate import evaluate
 from labelloop.backend.training.recipe import make_recipe
+from labelloop.backend.training.sample_weights import weighted_list
 from labelloop.backend.training.trainer import fit_recipe
+from labelloop.connectors.formats.yolo import regions_to_yolo_lines
 from labelloop.errors import ConfigError, DataError
 from labelloop.fsutil import sha256_bytes
-from labelloop.settings import Settings
+from labelloop.settings import PseudoSettings, Settings
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 INITIAL = "initial"  # the strategy field of the shared first round's record
+HUMAN = "human"  # the variant that trains on the selected (human) labels only
 Step = Callable[[str], None]  # called once per finished (strategy, seed, round)
 
 
@@ -67,16 +79,6 @@ class SimData:
     names: list[str]
     train: list[Path]
     val: list[Path]
-
-
-def _label_path(image: Path) -> Path:
-    """Where Ultralytics reads an image's labels: the last ``/images/`` becomes ``/labels/``."""
-    parts = list(image.parts)
-    if "images" not in parts:
-        return image.with_suffix(".txt")
-    i = len(parts) - 1 - parts[::-1].index("images")
-    parts[i] = "labels"
-    return Path(*parts).with_suffix(".txt")
 
 
 def _images_of(spec: Any, root: Path, what: str) -> list[Path]:
@@ -118,10 +120,10 @@ def load_ultralytics(data_yaml: Path) -> SimData:
     for split, images in (("train", train), ("val", val)):
         if not images:
             raise DataError(f"--data {data_yaml}: the {split} split has no images")
-        if not any(_label_path(p).is_file() for p in images):
+        if not any(label_path(p).is_file() for p in images):
             raise DataError(
                 f"--data {data_yaml}: no {split} image has a label file (looked for e.g. "
-                f"{_label_path(images[0])})"
+                f"{label_path(images[0])})"
             )
     if set(train) & set(val):
         raise DataError(f"--data {data_yaml}: train and val share {len(set(train) & set(val))} images")
@@ -164,7 +166,7 @@ def load_coco(train_json: Path, val_json: Path | None, images: Path | None, out:
             link = dest / f"{i:06d}{image.suffix.lower()}"
             link.symlink_to(image)
             lines = regions_to_yolo_lines(item.regions, item.width, item.height, index, "detect")
-            _label_path(link).write_text("\n".join(lines) + ("\n" if lines else ""))
+            label_path(link).write_text("\n".join(lines) + ("\n" if lines else ""))
             splits[split].append(link.absolute())
         if not splits[split]:
             raise DataError(f"{path}: no images")
@@ -198,6 +200,42 @@ class _Files:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """What a round trains on besides its human labels: nothing, or pseudo-labels of the rest of the
+    pool by the previous round's model (kept at class confidence >= ``t_cls``, TTA stability >=
+    ``t_loc``), each listed once against ``repeats(w_pseudo)`` per human image."""
+
+    pseudo: bool = False
+    t_cls: float = 0.9
+    t_loc: float = 0.8
+    w_pseudo: float = 0.3
+
+    @property
+    def name(self) -> str:
+        return f"pseudo-t{self.t_cls:g}-w{self.w_pseudo:g}" if self.pseudo else HUMAN
+
+
+def ablations(
+    pseudo: bool, t_cls: Sequence[float], w_pseudo: Sequence[float], center: PseudoSettings
+) -> list[Variant]:
+    """The variants to run: always human labels only; with ``pseudo`` (or a sweep given) also
+    pseudo-labels at the settings' thresholds and weight, then one factor at a time: each
+    ``t_cls`` at the settings' weight, each ``w_pseudo`` at the settings' ``t_cls``."""
+    out = [Variant()]
+    if pseudo or t_cls or w_pseudo:
+        base = Variant(True, center.t_cls, center.t_loc, center.w_pseudo)
+        out.append(base)
+        out += [replace(base, t_cls=t) for t in t_cls]
+        out += [replace(base, w_pseudo=w) for w in w_pseudo]
+    return list(dict.fromkeys(out))
+
+
+def arm(strategy: str, variant: str) -> str:
+    """A curve's name: the strategy, with the variant when it is not human labels only."""
+    return strategy if variant == HUMAN else f"{strategy}+{variant}"
+
+
+@dataclass(frozen=True)
 class SimConfig:
     strategies: list[str]
     seeds: int = 3
@@ -206,6 +244,7 @@ class SimConfig:
     initial: int = 20
     epochs: int = 3
     imgsz: int = 160
+    variants: list[Variant] = field(default_factory=lambda: [Variant()])
 
     def check(self, pool: int) -> None:
         if self.rounds < 1 or self.seeds < 1 or self.budget < 1 or self.initial < 1 or self.epochs < 1:
@@ -229,6 +268,13 @@ class RoundRecord:
     labeled_images: list[int]  # indices into SimData.train
     selected: list[int] = field(default_factory=list)  # pool indices the strategy added after it
     seconds: dict[str, float] = field(default_factory=dict)
+    variant: str = HUMAN
+    # prelabel effort of this round's model (oracle.effort_figures): on the images it selected for
+    # the next round (what annotators get next, prelabelled by it) and on val
+    effort_selected: dict[str, Any] | None = None
+    effort_val: dict[str, Any] | None = None
+    # pseudo-labels this round trained on: images, boxes, their match against the truth, list size
+    pseudo: dict[str, Any] = field(default_factory=dict)
 
 
 class _State:
@@ -240,7 +286,7 @@ class _State:
         if meta.is_file() and json.loads(meta.read_text()) != config:
             raise ConfigError(f"{out} holds a simulation with other arguments; use another --out")
         meta.write_text(json.dumps(config, indent=2))
-        self.records: dict[tuple[str, int, int], RoundRecord] = {}
+        self.records: dict[tuple[str, str, int, int], RoundRecord] = {}
         if self.path.is_file():
             for line in self.path.read_text().splitlines():
                 if line.strip():
@@ -248,20 +294,25 @@ class _State:
                         r = RoundRecord(**json.loads(line))
                     except (ValueError, TypeError):
                         continue  # a line torn by a kill: that round runs again
-                    self.records[(r.strategy, r.seed, r.round)] = r
+                    self.records[(r.strategy, r.variant, r.seed, r.round)] = r
 
-    def get(self, strategy: str, seed: int, rnd: int) -> RoundRecord | None:
-        return self.records.get((strategy, seed, rnd))
+    def get(self, strategy: str, variant: str, seed: int, rnd: int) -> RoundRecord | None:
+        return self.records.get((strategy, variant, seed, rnd))
 
     def put(self, r: RoundRecord) -> None:
-        self.records[(r.strategy, r.seed, r.round)] = r
+        self.records[(r.strategy, r.variant, r.seed, r.round)] = r
         with self.path.open("a") as f:
             f.write(json.dumps(asdict(r)) + "\n")
 
 
-def _round_yaml(work: Path, data: SimData, labeled: Sequence[int]) -> Path:
+def _round_yaml(
+    work: Path, data: SimData, labeled: Sequence[int], pseudo: Sequence[Path] = (), w: float = 1.0
+) -> Path:
+    """The round's data.yaml: its labeled pool images (each ``repeats(w)`` times when it trains on
+    pseudo-labelled images too), and the fixed val split, which never holds a pseudo-label."""
     work.mkdir(parents=True, exist_ok=True)
-    (work / "train.txt").write_text("".join(f"{data.train[i]}\n" for i in labeled))
+    train = weighted_list([str(data.train[i]) for i in labeled], [str(p) for p in pseudo], w)
+    (work / "train.txt").write_text("".join(f"{p}\n" for p in train))
     (work / "val.txt").write_text("".join(f"{p}\n" for p in data.val))
     cfg = {
         "path": str(work),
@@ -293,17 +344,22 @@ class Simulation:
         self.shas = [sha256_bytes(p.read_bytes()) for p in data.train]
         config = {**asdict(cfg), "base": str(self.base), "pool": [str(p) for p in data.train]}
         self.state = _State(self.out, config)
+        self._stability: dict[tuple[str, int], Stability] = {}  # (weights, pool index): TTA result
 
     def steps(self) -> int:
-        return len(self.cfg.strategies) * self.cfg.seeds * self.cfg.rounds
+        return len(self.cfg.strategies) * len(self.cfg.variants) * self.cfg.seeds * self.cfg.rounds
 
     def initial_set(self, seed: int) -> list[int]:
         rng = np.random.default_rng(seed)
         return sorted(int(i) for i in rng.choice(len(self.data.train), self.cfg.initial, replace=False))
 
-    def _train_eval(self, work: Path, labeled: Sequence[int]) -> tuple[Path, float, float, dict[str, float]]:
+    def _work(self, strategy: str, variant: str, seed: int, rnd: int) -> Path:
+        if rnd == 0:
+            return self.out / "work" / f"seed{seed}" / INITIAL
+        return self.out / "work" / f"seed{seed}" / arm(strategy, variant) / f"round{rnd}"
+
+    def _train_eval(self, work: Path, data_yaml: Path) -> tuple[Path, float, float, dict[str, float]]:
         weights = work / "last.pt"
-        data_yaml = _round_yaml(work, self.data, labeled)
         t0 = time.monotonic()
         if not weights.is_file():
             save_dir, _ = fit_recipe(self.recipe, data_yaml, self.base, work, self.device)
@@ -312,6 +368,11 @@ class Simulation:
         t1 = time.monotonic()
         m = evaluate(weights, data_yaml, imgsz=self.cfg.imgsz, device=self.device, workdir=work)
         return weights, m.map50_95, m.map50, {"train": t1 - t0, "eval": time.monotonic() - t1}
+
+    def _predictor(self, weights: Path) -> Any:
+        from labelloop.backend.inference.predictor import Predictor
+
+        return Predictor(weights, self.settings)
 
     def _select(self, strategy: str, seed: int, rnd: int, weights: Path, labeled: Sequence[int]) -> list[int]:
         taken = set(labeled)
@@ -325,41 +386,113 @@ class Simulation:
         picked = chosen.select(pool, min(self.cfg.budget, len(kept)))
         return [kept[r].item_id for r in picked.rows]
 
+    def _pseudo(
+        self, work: Path, prev: Path, labeled: Sequence[int], v: Variant
+    ) -> tuple[list[Path], dict[str, Any]]:
+        """Pseudo-label the pool images not labeled yet with the previous round's model: the kept
+        ones as image links and label files under ``work/pseudo`` (train only, never val)."""
+        t0 = time.monotonic()
+        taken = set(labeled)
+        rows = [i for i in range(len(self.data.train)) if i not in taken]
+        todo = [i for i in rows if (str(prev), i) not in self._stability]
+        if todo:
+            predictor = self._predictor(prev)
+            for lo in range(0, len(todo), 64):
+                part = todo[lo : lo + 64]
+                for i, s in zip(
+                    part, stability(predictor, [load_rgb(self.data.train[i]) for i in part]), strict=True
+                ):
+                    self._stability[(str(prev), i)] = s
+        index = {n: k for k, n in enumerate(self.data.names)}
+        images, labels = work / "pseudo" / "images", work / "pseudo" / "labels"
+        shutil.rmtree(work / "pseudo", ignore_errors=True)
+        images.mkdir(parents=True)
+        labels.mkdir(parents=True)
+        out: list[Path] = []
+        pairs = []
+        for i in rows:
+            item = keep(self._stability[(str(prev), i)], v.t_cls, v.t_loc)
+            if item is None:
+                continue
+            src = self.data.train[i]
+            link = images / f"{i:06d}{src.suffix.lower()}"
+            link.symlink_to(src)
+            lines = regions_to_yolo_lines(item.regions, item.width, item.height, index, "detect")
+            (labels / f"{i:06d}.txt").write_text("\n".join(lines) + "\n")
+            out.append(link)
+            pairs.append((item.regions, ground_truth(src, self.data.names, (item.width, item.height))))
+        e = total_effort(pairs)
+        return out, {
+            "images": len(out),
+            "of_pool": len(rows),
+            "boxes": e.prelabel,
+            # the oracle's view of them: pseudo boxes matching a true box (same class, IoU >= 0.5)
+            "box_precision": round((e.kept + e.moved) / e.prelabel, 4) if e.prelabel else None,
+            "true_boxes_missed": e.added,
+            "seconds": round(time.monotonic() - t0, 2),
+        }
+
     def run(self, step: Step | None = None) -> None:
         ensure_yolo_env(self.settings.cache_dir)
         for seed in range(self.cfg.seeds):
             for strategy in self.cfg.strategies:
-                labeled = self.initial_set(seed)
-                for rnd in range(self.cfg.rounds):
-                    rec = self.state.get(strategy, seed, rnd)
-                    if rec is None:
-                        rec = self._round(strategy, seed, rnd, labeled)
-                    labeled = sorted({*labeled, *rec.selected})
-                    if step is not None:
-                        step(
-                            f"{strategy} seed {seed} round {rnd}: {rec.labeled} labels, "
-                            f"mAP50-95 {rec.map50_95:.3f}"
-                        )
+                for v in self.cfg.variants:
+                    labeled = self.initial_set(seed)
+                    for rnd in range(self.cfg.rounds):
+                        rec = self.state.get(strategy, v.name, seed, rnd)
+                        if rec is None:
+                            rec = self._round(strategy, v, seed, rnd, labeled)
+                        labeled = sorted({*labeled, *rec.selected})
+                        if step is not None:
+                            step(
+                                f"{arm(strategy, v.name)} seed {seed} round {rnd}: {rec.labeled} labels, "
+                                f"mAP50-95 {rec.map50_95:.3f}"
+                            )
 
-    def _round(self, strategy: str, seed: int, rnd: int, labeled: list[int]) -> RoundRecord:
-        if rnd == 0:  # the same set and seed for every strategy: trained and measured once
-            first = self.state.get(INITIAL, seed, 0)
-            work = self.out / "work" / f"seed{seed}" / INITIAL
-            if first is None:
-                _, m, m50, secs = self._train_eval(work, labeled)
-                first = RoundRecord(INITIAL, seed, 0, len(labeled), m, m50, [], [], secs)
-                self.state.put(first)
-            weights = work / "last.pt"
-            rec = replace(first, strategy=strategy, seconds={})
+    def _initial(self, seed: int, labeled: list[int]) -> RoundRecord:
+        """Round 0 of a seed: the same set and seed for every strategy and variant (human labels
+        only: no model has pseudo-labelled yet), trained and measured once."""
+        first = self.state.get(INITIAL, HUMAN, seed, 0)
+        if first is None:
+            work = self._work(INITIAL, HUMAN, seed, 0)
+            weights, m, m50, secs = self._train_eval(work, _round_yaml(work, self.data, labeled))
+            first = RoundRecord(INITIAL, seed, 0, len(labeled), m, m50, list(labeled), [], secs)
+            first.effort_val = prelabel_effort(self._predictor(weights), self.data.val, self.data.names)
+            self.state.put(first)
+        return first
+
+    def _round(self, strategy: str, v: Variant, seed: int, rnd: int, labeled: list[int]) -> RoundRecord:
+        work = self._work(strategy, v.name, seed, rnd)
+        weights = work / "last.pt"
+        if rnd == 0:
+            human = self.state.get(strategy, HUMAN, seed, 0)
+            if human is not None:  # a variant's round 0 is its strategy's: same model, same picks
+                rec = replace(human, variant=v.name, seconds={})
+                self.state.put(rec)
+                return rec
+            rec = replace(self._initial(seed, labeled), strategy=strategy, variant=v.name, seconds={})
         else:
-            work = self.out / "work" / f"seed{seed}" / strategy / f"round{rnd}"
-            weights, m, m50, secs = self._train_eval(work, labeled)
-            rec = RoundRecord(strategy, seed, rnd, len(labeled), m, m50, [], [], secs)
-        rec.labeled_images = list(labeled)
+            pseudo: list[Path] = []
+            info: dict[str, Any] = {}
+            if v.pseudo:
+                pseudo, info = self._pseudo(
+                    work, self._work(strategy, v.name, seed, rnd - 1) / "last.pt", labeled, v
+                )
+            data_yaml = _round_yaml(work, self.data, labeled, pseudo, v.w_pseudo if pseudo else 1.0)
+            weights, m, m50, secs = self._train_eval(work, data_yaml)
+            rec = RoundRecord(strategy, seed, rnd, len(labeled), m, m50, list(labeled), [], secs, v.name)
+            if v.pseudo:
+                info["train_listed"] = len((work / "train.txt").read_text().split())
+                rec.pseudo = info
+            t0 = time.monotonic()
+            rec.effort_val = prelabel_effort(self._predictor(weights), self.data.val, self.data.names)
+            rec.seconds["effort"] = time.monotonic() - t0
         if rnd < self.cfg.rounds - 1:
             t0 = time.monotonic()
             rec.selected = self._select(strategy, seed, rnd, weights, labeled)
             rec.seconds["select"] = time.monotonic() - t0
+            chosen = [self.data.train[i] for i in rec.selected]
+            rec.effort_selected = prelabel_effort(self._predictor(weights), chosen, self.data.names)
         self.state.put(rec)
         return rec
 
@@ -367,34 +500,31 @@ class Simulation:
 
     def records(self) -> list[RoundRecord]:
         return [
-            self.state.records[(s, seed, r)]
+            self.state.records[(s, v.name, seed, r)]
             for s in self.cfg.strategies
+            for v in self.cfg.variants
             for seed in range(self.cfg.seeds)
             for r in range(self.cfg.rounds)
-            if (s, seed, r) in self.state.records
+            if (s, v.name, seed, r) in self.state.records
         ]
 
     def summary(self) -> dict[str, Any]:
-        """Curves (mean and std over seeds), the savings against random, and every round."""
+        """Curves per arm (strategy + variant; mean and std over seeds), the savings against random
+        on human labels, the prelabel effort per round, and every round."""
         recs = self.records()
-        curves: dict[str, dict[str, list[float]]] = {}
+        curves: dict[str, dict[str, Any]] = {}
         per_seed: dict[str, dict[int, tuple[list[float], list[float]]]] = {}
         for s in self.cfg.strategies:
-            mine = [r for r in recs if r.strategy == s]
-            rows = {seed: [r for r in mine if r.seed == seed] for seed in range(self.cfg.seeds)}
-            per_seed[s] = {
-                seed: ([float(r.labeled) for r in rs], [r.map50_95 for r in rs])
-                for seed, rs in rows.items()
-                if rs
-            }
-            n = min((len(v[1]) for v in per_seed[s].values()), default=0)
-            maps = np.array([v[1][:n] for v in per_seed[s].values()]) if n else np.zeros((0, 0))
-            labels = next(iter(per_seed[s].values()))[0][:n] if n else []
-            curves[s] = {
-                "labels": labels,
-                "map50_95_mean": maps.mean(axis=0).tolist() if n else [],
-                "map50_95_std": maps.std(axis=0).tolist() if n else [],
-            }
+            for v in self.cfg.variants:
+                name = arm(s, v.name)
+                mine = [r for r in recs if r.strategy == s and r.variant == v.name]
+                rows = {seed: [r for r in mine if r.seed == seed] for seed in range(self.cfg.seeds)}
+                rows = {seed: rs for seed, rs in rows.items() if rs}
+                per_seed[name] = {
+                    seed: ([float(r.labeled) for r in rs], [r.map50_95 for r in rs])
+                    for seed, rs in rows.items()
+                }
+                curves[name] = _curve(list(rows.values()))
         return {
             "config": asdict(self.cfg),
             "base_weights": str(self.base),
@@ -404,10 +534,42 @@ class Simulation:
             "savings": savings(per_seed) if "random" in per_seed else None,
             "rounds": [
                 {k: v for k, v in asdict(r).items() if k not in ("labeled_images", "selected")}
-                | {"selected": len(r.selected)}
+                | {"selected": len(r.selected), "arm": arm(r.strategy, r.variant)}
                 for r in recs
             ],
         }
+
+
+def _share(e: dict[str, Any] | None, key: str) -> float:
+    return float("nan") if not e or e.get(key) is None else float(e[key])
+
+
+def _curve(seeds: list[list[RoundRecord]]) -> dict[str, Any]:
+    """One arm's curve over the rounds all its seeds finished: mAP50-95 mean and std, and the
+    prelabel effort means (matched share of val's and of the selected images' true boxes, edits
+    per selected image)."""
+    n = min((len(rs) for rs in seeds), default=0)
+    if not n:
+        return {"labels": [], "map50_95_mean": [], "map50_95_std": []}
+    grid = [rs[:n] for rs in seeds]
+
+    def mean(get: Callable[[RoundRecord], float]) -> list[float | None]:
+        vals = np.array([[get(r) for r in rs] for rs in grid], dtype=float)
+        out = []
+        for col in vals.T:
+            ok = col[~np.isnan(col)]
+            out.append(round(float(ok.mean()), 4) if len(ok) else None)
+        return out
+
+    maps = np.array([[r.map50_95 for r in rs] for rs in grid])
+    return {
+        "labels": [float(r.labeled) for r in grid[0]],
+        "map50_95_mean": maps.mean(axis=0).tolist(),
+        "map50_95_std": maps.std(axis=0).tolist(),
+        "val_matched_share_mean": mean(lambda r: _share(r.effort_val, "matched_share")),
+        "selected_matched_share_mean": mean(lambda r: _share(r.effort_selected, "matched_share")),
+        "selected_edits_per_image_mean": mean(lambda r: _share(r.effort_selected, "edits_per_image")),
+    }
 
 
 # ------------------------------------------------------------------ the headline
@@ -485,14 +647,32 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
     return path
 
 
+EFFORT_COLUMNS = ("matched_share", "add", "delete", "fix_class", "fix_geometry", "edits_per_image")
+
+
+def csv_row(r: dict[str, Any]) -> dict[str, Any]:
+    """One round as a rounds.csv row: its mAP, the prelabel effort on the selected images (sel_)
+    and on val (val_), and its pseudo-labels."""
+    row = {k: r[k] for k in ("arm", "strategy", "variant", "seed", "round", "labeled", "map50_95", "map50")}
+    for prefix, e in (("sel", r.get("effort_selected")), ("val", r.get("effort_val"))):
+        row.update({f"{prefix}_{k}": (e or {}).get(k) for k in EFFORT_COLUMNS})
+    p = r.get("pseudo") or {}
+    row.update(
+        pseudo_images=p.get("images"),
+        pseudo_box_precision=p.get("box_precision"),
+        train_listed=p.get("train_listed"),
+    )
+    return row
+
+
 def write_outputs(summary: dict[str, Any], out: Path) -> dict[str, Path]:
     """``results.json`` (every figure), ``rounds.csv`` and ``learning_curves.png`` under ``out``."""
     paths = {"json": out / "results.json", "csv": out / "rounds.csv", "plot": out / "learning_curves.png"}
     paths["json"].write_text(json.dumps(summary, indent=2))
+    rows = [csv_row(r) for r in summary["rounds"]]
     with paths["csv"].open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["strategy", "seed", "round", "labeled", "map50_95", "map50"])
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["arm"])
         w.writeheader()
-        for r in summary["rounds"]:
-            w.writerow({k: r[k] for k in w.fieldnames})
+        w.writerows(rows)
     plot(summary, paths["plot"])
     return paths

@@ -20,7 +20,8 @@ forward per view and no second model.
 Embedding-space terms use L2-normalised backbone embeddings (:mod:`.embeddings`), so distances
 are in [0, 2] and ``distance / 2`` is in [0, 1]:
 
-- novelty   = distance to the nearest labeled image (faiss exact search; 1 with no labeled set);
+- novelty   = distance to the nearest labeled image (faiss: exact, or an IVF index above 20k labeled
+  images, :mod:`.knn`; 1 with no labeled set);
 - diversity = k-center greedy: each pick maximises its distance to the labeled set and to the
   picks before it, so one batch does not spend the budget on near-duplicates;
 - density   = mean cosine similarity to the image's nearest pool neighbours: density-weighted
@@ -39,6 +40,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from labelloop.backend.active import knn
 from labelloop.errors import ConfigError
 from labelloop.settings import SelectSettings
 
@@ -123,29 +125,22 @@ class RandomStrategy:
 
 def nearest_distance(queries: np.ndarray, base: np.ndarray | None) -> np.ndarray:
     """Distance / 2 (in [0, 1] for unit vectors) from each query to its nearest ``base`` row; 1.0
-    everywhere when there is no base. faiss exact L2 search: fast to 100k x 100k on a CPU."""
+    everywhere when there is no base. faiss, exact up to :data:`.knn.EXACT_MAX` base rows, IVF above."""
     if base is None or len(base) == 0:
         return np.ones(len(queries), dtype=np.float32)
-    import faiss
-
-    index = faiss.IndexFlatL2(base.shape[1])
-    index.add(np.ascontiguousarray(base, dtype=np.float32))
-    d2, _ = index.search(np.ascontiguousarray(queries, dtype=np.float32), 1)
-    return (np.sqrt(np.clip(d2[:, 0], 0.0, 4.0)) / 2.0).astype(np.float32)
+    d2, _ = knn.search(queries, base, 1, "l2")
+    return (np.sqrt(np.clip(d2[:, 0], 0.0, 4.0)) / 2.0).astype(np.float32)  # not found: 1.0
 
 
 def density(embeddings: np.ndarray, neighbours: int = DENSITY_NEIGHBOURS) -> np.ndarray:
     """Mean cosine similarity to the ``neighbours`` nearest other pool images, in [0, 1]."""
-    import faiss
-
     n = len(embeddings)
     if n < 2:
         return np.ones(n, dtype=np.float32)
-    x = np.ascontiguousarray(embeddings, dtype=np.float32)
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    sims, _ = index.search(x, min(neighbours, n - 1) + 1)
-    return np.clip((sims[:, 1:].mean(axis=1) + 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
+    sims, idx = knn.search(embeddings, embeddings, min(neighbours, n - 1) + 1, "ip")
+    others = (idx >= 0) & (idx != np.arange(n)[:, None])  # drop the image itself and misses
+    mean = np.where(others, sims, 0.0).sum(axis=1) / np.maximum(others.sum(axis=1), 1)
+    return np.clip((mean + 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
 
 
 def greedy_batch(pool: Pool, k: int, base: np.ndarray, weight: float) -> Selection:

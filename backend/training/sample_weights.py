@@ -10,6 +10,7 @@ construction, see :mod:`labelloop.sync.splits`). Costs: epochs grow by the repea
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -26,6 +27,13 @@ def repeats(w: float) -> int:
     return max(1, round(1.0 / w))
 
 
+def weighted_list(human: Sequence[str], pseudo: Sequence[str], w: float) -> list[str]:
+    """A train list in which each human image appears ``repeats(w)`` times and each pseudo image once
+    (the training side of ``w_pseudo``; ``labelloop simulate`` writes its rounds' lists with it)."""
+    r = repeats(w)
+    return [p for p in human for _ in range(r)] + list(pseudo)
+
+
 def weight_pseudo(store: Store, version_ref: str, data_yaml: Path, w: float) -> dict[str, int]:
     """Rewrite the export's ``train`` as a list with human images repeated (a no-op without pseudo
     labels); ``w`` is ``settings.pseudo.w_pseudo``; returns {"human": n, "pseudo": n, "repeats": r}."""
@@ -38,12 +46,12 @@ def weight_pseudo(store: Store, version_ref: str, data_yaml: Path, w: float) -> 
     cfg = yaml.safe_load(data_yaml.read_text())
     root = Path(cfg.get("path") or data_yaml.parent)
     train_dir = root / str(cfg["train"])
-    r = repeats(w)
-    lines: list[str] = []
-    for img in sorted(p for p in train_dir.iterdir() if p.is_file()):
-        lines += [str(img.resolve())] * (1 if img.stem in pseudo else r)
+    images = sorted(str(p.resolve()) for p in train_dir.iterdir() if p.is_file())
+    lines = weighted_list(
+        [p for p in images if Path(p).stem not in pseudo], [p for p in images if Path(p).stem in pseudo], w
+    )
     listing = root / "train_weighted.txt"
     listing.write_text("\n".join(lines) + "\n")
     cfg["train"] = str(listing.resolve())
     data_yaml.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return {"human": len(source) - len(pseudo), "pseudo": len(pseudo), "repeats": r}
+    return {"human": len(source) - len(pseudo), "pseudo": len(pseudo), "repeats": repeats(w)}

@@ -31,12 +31,33 @@ def simulate_cmd(
     imgsz: Annotated[int, typer.Option(min=32)] = 160,
     val: Annotated[Path | None, typer.Option("--val", help="COCO input: val's COCO JSON")] = None,
     images: Annotated[Path | None, typer.Option("--images", help="COCO input: image root")] = None,
+    pseudo: Annotated[
+        bool,
+        typer.Option(
+            "--pseudo/--no-pseudo",
+            help="also run every strategy with pseudo-labels of the unselected pool (LABELLOOP_PSEUDO_*)",
+        ),
+    ] = False,
+    t_cls: Annotated[
+        str,
+        typer.Option(
+            "--t-cls", help="pseudo ablation: T_cls values to sweep, e.g. 0.8,0.9,0.95 (implies --pseudo)"
+        ),
+    ] = "",
+    w_pseudo: Annotated[
+        str,
+        typer.Option(
+            "--w-pseudo",
+            help="pseudo ablation: w_pseudo values to sweep, e.g. 0.1,0.3,0.5 (implies --pseudo)",
+        ),
+    ] = "",
     json_: Annotated[bool, typer.Option("--json", help="print results.json on stdout")] = False,
 ) -> None:
     """Rounds of fine-tune -> eval on the fixed val split -> select -> label from ground truth, per
     strategy and seed; writes results.json, rounds.csv and learning_curves.png under --out. A rerun
-    with the same arguments continues after the last finished round."""
-    from labelloop.backend.active.simulate import SimConfig, Simulation, load_data, write_outputs
+    with the same arguments continues after the last finished round. With --pseudo each strategy
+    also runs with pseudo-labels (the sweeps vary one factor at a time around the settings')."""
+    from labelloop.backend.active.simulate import SimConfig, Simulation, ablations, load_data, write_outputs
     from labelloop.backend.active.strategies import STRATEGIES
     from labelloop.errors import ConfigError
     from labelloop.settings import load_settings
@@ -48,11 +69,13 @@ def simulate_cmd(
         raise ConfigError(
             f"--strategies: unknown {', '.join(unknown) or '(none)'}; choose from {', '.join(STRATEGIES)}"
         )
+    settings = load_settings()
+    variants = ablations(pseudo, _floats("--t-cls", t_cls), _floats("--w-pseudo", w_pseudo), settings.pseudo)
     if not base_weights.is_file():
         raise ConfigError(f"--base-weights {base_weights} does not exist")
     out.mkdir(parents=True, exist_ok=True)
-    cfg = SimConfig(names, seeds, rounds, budget, initial, epochs, imgsz)
-    sim = Simulation(load_settings(), load_data(data, out, val=val, images=images), base_weights, cfg, out)
+    cfg = SimConfig(names, seeds, rounds, budget, initial, epochs, imgsz, variants)
+    sim = Simulation(settings, load_data(data, out, val=val, images=images), base_weights, cfg, out)
     with progress_bar("simulate", sim.steps()) as advance:
         sim.run(lambda _msg: advance(1))
     summary = sim.summary()
@@ -61,6 +84,28 @@ def simulate_cmd(
         emit_json(summary)
         return
     print_savings(summary, paths)
+
+
+def _floats(flag: str, text: str) -> list[float]:
+    """A comma-separated list of numbers in (0, 1]; one line naming the flag otherwise."""
+    from labelloop.errors import ConfigError
+
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: give numbers separated by commas, e.g. 0.8,0.9,0.95") from None
+    if any(not 0.0 < v <= 1.0 for v in values):
+        raise ConfigError(f"{flag} {text!r}: every value must be in (0, 1]")
+    return values
+
+
+def _share(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f} %"
+
+
+def _mean_of(xs: list[float | None]) -> str:
+    ok = [x for x in xs if x is not None]
+    return f"{sum(ok) / len(ok):.2f}" if ok else "-"
 
 
 def _pm(mean: float | None, std: float | None, fmt: str) -> str:
@@ -75,12 +120,14 @@ def print_savings(summary: dict[str, Any], paths: dict[str, Path]) -> None:
         f"{cfg['seeds']} seeds, {cfg['rounds']} rounds of {cfg['budget']} after {cfg['initial']})"
     )
     for col in (
-        "strategy",
+        "strategy (+ pseudo variant)",
         "final labels",
         "final mAP50-95",
         "labels needed",
         "saved vs random",
         "seeds reached",
+        "val boxes prelabel matches (final)",
+        "edits per selected image (mean)",
     ):
         table.add_column(col)
     sav = summary["savings"] or {}
@@ -95,6 +142,8 @@ def print_savings(summary: dict[str, Any], paths: dict[str, Path]) -> None:
             _pm(v.get("saved_pct_mean"), v.get("saved_pct_std"), ".1f")
             + ("" if v.get("saved_pct_mean") is None else " %"),
             v.get("seeds_reached", "-"),
+            _share((c.get("val_matched_share_mean") or [None])[-1]),
+            _mean_of(c.get("selected_edits_per_image_mean") or []),
         )
     con = Console()
     con.print(table)
