@@ -10,6 +10,7 @@ set of /health and the log's worker boots are compared before and after).
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -43,6 +44,7 @@ class FuzzReport:
     bare_4xx: list[str] = field(default_factory=list)  # 4xx without a JSON error message
     transport_errors: list[str] = field(default_factory=list)  # connection reset, timeouts
     workers_lost: int = 0
+    worker_deaths: list[str] = field(default_factory=list)  # gunicorn's own lines about them
     seconds: float = 0.0
 
     @property
@@ -133,8 +135,8 @@ def fuzz(url: str, n: int, auth: dict[str, str], *, seed: int = 0, log: Path | N
         raise ConfigError("labelloop bench fuzz needs hypothesis: pip install 'labelloop[dev]'") from e
 
     report, status = FuzzReport(), Counter[str]()
-    boots_before = _boots(log)
-    pids_before = _pids(url, auth)
+    log_start = log.stat().st_size if log is not None and log.is_file() else 0
+    pids_before = _pids(url, auth) if log is None else set()
     t0 = time.monotonic()
 
     @hseed(seed)
@@ -170,16 +172,32 @@ def fuzz(url: str, n: int, auth: dict[str, str], *, seed: int = 0, log: Path | N
     one()
     report.seconds = time.monotonic() - t0
     report.by_status = dict(sorted(status.items()))
-    pids_after = _pids(url, auth)
-    report.workers_lost = max(len(pids_before - pids_after), _boots(log) - boots_before)
+    if log is None:
+        report.workers_lost = len(pids_before - _pids(url, auth))
+    else:
+        report.worker_deaths = _deaths(log, log_start)
+        report.workers_lost = len(report.worker_deaths)
     return report
 
 
-def _boots(log: Path | None) -> int:
-    """gunicorn's "Booting worker" lines: a worker that died and was replaced adds one."""
-    if log is None or not log.is_file():
-        return 0
-    return log.read_text(errors="replace").count("Booting worker")
+# gunicorn's arbiter: "Worker (pid:N) exited with code C", "... was sent SIGKILL! ...",
+# "... was sent code C!", "WORKER TIMEOUT (pid:N)" (a timeout is followed by a "was sent" line).
+_DEATH = re.compile(r"(?:Worker \(pid:(\d+)\) (?:exited|was sent)|WORKER TIMEOUT \(pid:(\d+)\))[^\n]*")
+
+
+def _deaths(log: Path, start: int) -> list[str]:
+    """gunicorn's line about each worker that died since byte ``start`` of its log, one per pid;
+    a replacement booted with no such line (a death gunicorn did not explain) is named too."""
+    with log.open("rb") as f:
+        f.seek(start)
+        text = f.read().decode(errors="replace")
+    by_pid: dict[str, str] = {}
+    for m in _DEATH.finditer(text):
+        by_pid.setdefault(m.group(1) or m.group(2), m.group(0))
+    deaths = list(by_pid.values())
+    if (unexplained := text.count("Booting worker") - len(by_pid)) > 0:
+        deaths.append(f"{unexplained} worker(s) booted with no death logged")
+    return deaths
 
 
 def bench_fuzz(n: int, out: Path, *, workers: int = 2, seed: int = 0) -> FuzzReport:
