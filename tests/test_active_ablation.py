@@ -91,6 +91,7 @@ def test_simulate_effort_per_round_and_pseudo_ablation_never_in_val(
 ) -> None:
     monkeypatch.setenv("LABELLOOP_PSEUDO_T_CLS", "0.3")  # the center of the sweep: sure enough on shapes
     monkeypatch.setenv("LABELLOOP_PSEUDO_T_LOC", "0.5")
+    monkeypatch.setenv("COLUMNS", "250")  # the table's rows unwrapped
     data_yaml = write_shapes_dataset(tmp_path / "shapes", 24, 8, size=96, seed=4)
     out = tmp_path / "sim"
     args = ["simulate", "--data", str(data_yaml), "--base-weights", str(demo_weights), "--out", str(out)]
