@@ -153,7 +153,7 @@ def create_app(settings: Settings, weights: Path, service: PredictionService | N
     @app.get("/openapi.json")
     @endpoint("openapi")
     def openapi() -> Response:
-        return jsonify(openapi_document(service.model_version))
+        return jsonify(openapi_document(service.model_version, auth.schemes))
 
     @app.get("/metrics")
     @endpoint("metrics")

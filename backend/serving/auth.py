@@ -23,6 +23,12 @@ class Authenticator:
     def required(self) -> bool:
         return bool(self.s.bearer_token or self.s.basic_auth_user)
 
+    @property
+    def schemes(self) -> tuple[str, ...]:
+        """The configured schemes, as the OpenAPI description names them ("basic", "bearer")."""
+        configured = (("basic", self.s.basic_auth_user), ("bearer", self.s.bearer_token))
+        return tuple(name for name, value in configured if value)
+
     def allows(self, request: Request) -> bool:
         if not self.required:
             return True

@@ -59,16 +59,17 @@ _HEALTH = _json(
 )
 
 
-def openapi_document(version: str) -> dict[str, Any]:
-    """The document; ``version`` is the model version served, shown as the API's version."""
+def openapi_document(version: str, auth: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The document; ``version`` is the model version served, shown as the API's version, and
+    ``auth`` the schemes this server requires ("basic", "bearer": either will do; none: open)."""
     return {
         "openapi": "3.0.3",
         "info": {
             "title": "labelloop ML backend",
             "version": version or "unknown",
             "description": "Label Studio ML-backend protocol (1.23): prelabels and uncertainty scores "
-            "from a YOLO model. Every route but /health needs the configured basic auth or bearer "
-            "token when one is set.",
+            "from a YOLO model. Every route but /health (and / ) needs the configured basic auth or "
+            "bearer token when one is set (this document lists the ones this server requires).",
         },
         "components": {
             "securitySchemes": {
@@ -76,7 +77,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "bearer": {"type": "http", "scheme": "bearer"},
             }
         },
-        "security": [{"basic": []}, {"bearer": []}, {}],
+        "security": [{scheme: []} for scheme in auth],
         "paths": {
             "/health": {"get": {"summary": "liveness", "security": [], "responses": {"200": _HEALTH}}},
             "/": {"get": {"summary": "liveness (as /health)", "security": [], "responses": {"200": _HEALTH}}},
@@ -167,7 +168,11 @@ def openapi_document(version: str) -> dict[str, Any]:
                                 "schema": {
                                     "type": "object",
                                     "properties": {
-                                        "action": {"type": "string", "example": "ANNOTATION_CREATED"},
+                                        "action": {
+                                            "type": "string",
+                                            "pattern": "^[A-Z][A-Z_]{0,63}$",
+                                            "example": "ANNOTATION_CREATED",
+                                        },
                                         "project": {
                                             "type": "object",
                                             "properties": {"id": {"type": "integer"}},
