@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +73,9 @@ def _has_inputs(op: Any) -> bool:
     return bool(op.body or op.query or op.headers or op.path_parameters or op.cookies)
 
 
-def schema_fuzz(url: str, n: int, token: str, *, seed: int = 0) -> SchemaFuzzReport:
+def schema_fuzz(
+    url: str, n: int, token: str, *, seed: int = 0, progress: Callable[[int], None] | None = None
+) -> SchemaFuzzReport:
     """About ``n`` schemathesis cases against the backend at ``url`` (its /openapi.json, which must
     list the bearer scheme), spread over its operations in both modes; what failed, counted.
     schemathesis holds the bearer ``token`` as the scheme's credentials, so its auth check knows
@@ -109,6 +112,8 @@ def schema_fuzz(url: str, n: int, token: str, *, seed: int = 0) -> SchemaFuzzRep
 
     def send(case: Any) -> None:
         report.cases += 1
+        if progress is not None:
+            progress(1)
         ops[case.operation.label] += 1
         kw = {"session": session, "timeout": 60}
         try:

@@ -18,14 +18,34 @@ app.add_typer(bench_app, name="bench")
 @bench_app.command("predict")
 def bench_predict(
     tasks: Annotated[int, typer.Option(help="tasks whose images Label Studio serves")] = 64,
-    out: Annotated[Path, typer.Option(help="JSON results")] = Path("bench-results/predict.json"),
+    out: Annotated[Path | None, typer.Option(help="JSON results")] = None,
     model: ModelOpt = None,
+    runtime: Annotated[
+        str | None,
+        typer.Option(
+            help="compare runtimes instead, e.g. onnx,onnx-int8,openvino,openvino-bf16,openvino-int8,lean,"
+            "lean-onnx-int8 (onnx, the baseline, always runs)"
+        ),
+    ] = None,
+    imgsz: Annotated[int, typer.Option(min=32, help="with --runtime: the export size")] = 320,
+    rounds: Annotated[int, typer.Option(min=1, help="with --runtime: predictor rounds per runtime")] = 5,
 ) -> None:
-    """Images/s of /predict vs a per-task loop, and the raw forward as the ceiling."""
+    """Images/s of /predict vs a per-task loop, and the raw forward as the ceiling; with --runtime,
+    each runtime and precision vs fp32 ONNX Runtime (speed, end to end, RSS, cold start, accuracy)."""
     setup_logging()
+    settings = load_settings(model=model)
+    if runtime is not None:
+        from labelloop.bench.predict import bench_runtimes, parse_runtime
+
+        names = [n.strip() for n in runtime.split(",") if n.strip()]
+        for n in names:
+            parse_runtime(n)  # a bad name fails before minutes of exports
+        out = out or Path("bench-results/predict-runtimes.json")
+        bench_runtimes(settings, names, out, tasks=tasks, imgsz=imgsz, rounds=rounds)
+        return
     from labelloop.bench.runs import bench_predict as run
 
-    run(load_settings(model=model), n_tasks=tasks, out=out)
+    run(settings, n_tasks=tasks, out=out or Path("bench-results/predict.json"))
 
 
 @bench_app.command("export")
@@ -89,17 +109,23 @@ def bench_loop(
 
 @bench_app.command("fuzz")
 def bench_fuzz(
-    requests_: Annotated[int, typer.Option("--requests", help="generated requests to send")] = 10_000,
+    requests_: Annotated[int, typer.Option("--requests", help="hypothesis payloads to send")] = 8000,
+    schema_cases: Annotated[
+        int, typer.Option(help="schemathesis cases from /openapi.json (each with its auth probes)")
+    ] = 2000,
     workers: Annotated[int, typer.Option(help="gunicorn workers of the fuzzed backend")] = 2,
     seed: Annotated[int, typer.Option(help="hypothesis seed (a run is repeatable)")] = 0,
     out: Annotated[Path, typer.Option(help="JSON results")] = Path("bench-results/fuzz.json"),
 ) -> None:
-    """Hostile payloads at every route of a backend under gunicorn: 0 5xx, every 4xx with a message,
-    no worker lost (exit 1 otherwise)."""
+    """Hostile payloads and schemathesis cases at a backend under gunicorn (>= 10,000 requests by
+    default): 0 5xx, every 4xx a JSON message matching /openapi.json, no worker lost (exit 1 otherwise)."""
     setup_logging()
     from labelloop.bench.fuzz import bench_fuzz as run
+    from labelloop.cli.common import progress_bar
 
-    if not run(requests_, out, workers=workers, seed=seed).ok:
+    with progress_bar("fuzz", requests_ + schema_cases) as advance:
+        result = run(requests_, out, schema_cases=schema_cases, workers=workers, seed=seed, progress=advance)
+    if not result["ok"]:
         raise typer.Exit(1)
 
 
