@@ -81,3 +81,69 @@ def test_pseudo_labels_stored_as_pseudo_never_in_val_and_weighted(tmp_path: Path
         img_path=str(Path(rep.out, "train_weighted.txt")), data={"names": rep.names, "channels": 3}
     )
     assert len(ds) == len(listing)  # Ultralytics keeps the repeats: the sampling weight holds
+
+
+def test_a_promotion_pseudo_labels_the_store_s_unlabeled_items_when_enabled(
+    tmp_path: Path, demo_weights: Path
+) -> None:
+    """The retrain job on a real rq worker, Redis and MLflow store: after it promotes, the champion
+    pseudo-labels the items no person labeled (prelabels nobody submitted), stored as pseudo,
+    train-only in the next version; with the setting off (the default) it does nothing."""
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    from redis import Redis
+    from rq.job import Job
+
+    from labelloop.backend.active.pseudo import unlabeled_items
+    from labelloop.sync.ingest import ingest
+    from labelloop.sync.store.live import live_revisions
+    from labelloop.sync.trigger import enqueue_retrain
+    from tests.helpers import redis_or_fail
+    from tests.store_fixtures import LS, ann, box, item, result
+    from tests.training_fixtures import shapes_version
+
+    redis_or_fail()
+    assert not training_settings(tmp_path, demo_weights).pseudo.after_promotion  # off by default
+    settings = training_settings(tmp_path, demo_weights).with_(
+        queue={"prefix": f"pa{uuid.uuid4().hex[:8]}"},
+        pseudo={"after_promotion": True, "t_cls": 0.1, "t_loc": 0.1},
+    )
+    version = shapes_version(settings, 20)
+    rng = np.random.default_rng(9)
+    with Store.open(settings=settings) as store:
+        anns = []
+        for i in range(100, 108):  # unsubmitted prelabels: the store holds the bytes, nobody labeled them
+            img, _ = render_shapes(rng, 96, max_shapes=1)
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+            sha = store.blobs.put(buf.getvalue())
+            pre = [box("square", 1, 1, 9, 9, source=Source.PRELABEL)]
+            anns.append(
+                ann(i, f"p{i}", item=item(pre, sha=sha, w=96, h=96), extra={"label_source": "prelabel"})
+            )
+        ingest(store, LS, result(anns, present={}))
+        pool = set(unlabeled_items(store))
+    assert len(pool) == 8
+    job_id = enqueue_retrain(settings, version, "test: pseudo after promotion")
+    env = {**os.environ, **settings.environment(), "YOLO_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "labelloop.cli", "worker", "--queues", "train", "--burst"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    job = Job.fetch(job_id, connection=Redis.from_url(settings.queue.redis_url))
+    out = job.return_value()
+    assert out["promoted"], out
+    counts = out["pseudo"]
+    assert counts["unlabeled"] == 8 and counts["pseudo"] + counts["dropped"] == 8 and counts["pseudo"] > 0, (
+        counts
+    )
+    with Store.open(settings=settings) as store:
+        with store.session() as s:
+            pseudo = {r.item_sha for r in live_revisions(s) if r.label_source == str(Source.PSEUDO)}
+        assert len(pseudo) == counts["pseudo"] and pseudo <= pool
+        vid = snapshot(store, "with pseudo", val_fraction=0.5).version.id
+        with store.session() as s:
+            splits = {e.item_sha: e.split for e in entries(s, vid) if e.label_source == str(Source.PSEUDO)}
+    assert set(splits) == pseudo and set(splits.values()) == {"train"}

@@ -144,6 +144,7 @@ def retrain(version_id: str, line: str | None = None) -> dict[str, Any]:
             meta(**{k: v for k, v in p.to_dict().items() if k != "metrics" or v})
 
         outcome = run_training(settings, version_id, line=line, progress=progress, cancel=cancelled)
+        pseudo = pseudo_after(settings, line, meta) if outcome.promoted else None
         meta(
             stage="done",
             model_version=outcome.model_version,
@@ -151,9 +152,31 @@ def retrain(version_id: str, line: str | None = None) -> dict[str, Any]:
             reason=outcome.reason,
             run_id=outcome.run_id,
         )
-        return outcome.to_dict()
+        return outcome.to_dict() | ({"pseudo": pseudo} if pseudo is not None else {})
     finally:
         lock.release()
+
+
+def pseudo_after(settings: Settings, line: str, meta: Any) -> dict[str, Any] | None:
+    """With ``settings.pseudo.after_promotion``, pseudo-label the store's unlabeled items with the
+    champion just promoted (the next version trains on them). The promotion stands whatever
+    happens here: a failure is logged and reported, not raised."""
+    if not settings.pseudo.after_promotion:
+        return None
+    from labelloop.backend.active.pseudo import refresh_pseudo
+    from labelloop.backend.registry import lines
+    from labelloop.sync.store import Store
+
+    meta(stage="pseudo-labelling")
+    try:
+        champion = lines.champion(settings, line)
+        if champion is None or champion.weights is None:
+            return {"error": "no champion weights to pseudo-label with"}
+        with Store.open(settings=settings) as store:
+            return refresh_pseudo(settings, store, champion.weights)
+    except Exception as e:
+        log.warning("pseudo-labelling after promotion failed: %s", e)
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
 def recover_abandoned(settings: Settings, conn: Redis) -> list[str]:
