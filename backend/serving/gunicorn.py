@@ -46,6 +46,10 @@ def run_gunicorn(settings: Settings, weights: Path) -> None:
                 "threads": 4,
                 "timeout": int(settings.predict.budget_s + 120),
                 "graceful_timeout": 30,
+                # no keep-alive: gunicorn 26's gthread worker waits out graceful_timeout for an idle
+                # kept-alive connection at shutdown (stop took 31 s after a /predict and a /health);
+                # Label Studio's calls are few and long, a new loopback/LAN connection costs ~0.1 ms
+                "keepalive": 0,
                 "accesslog": "-",
                 "post_worker_init": _warm,
                 "child_exit": _child_exit,
