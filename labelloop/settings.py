@@ -43,6 +43,11 @@ class PredictSettings(Section):
         None, description="YOLO weights (.pt/.onnx/OpenVINO IR dir); default: the cached demo model"
     )
     runtime: Literal["auto", "torch", "onnx", "openvino", "lean"] = "auto"
+    precision: Literal["auto", "int8", "bf16", "fp32"] = Field(
+        "auto",
+        description="exported artifact precision runtime auto serves on CPU: the fastest that passed "
+        "validation at this precision or the next one up (int8, bf16, fp32); auto = int8 first",
+    )
     device: str = Field("auto", description="'auto' (GPU when present), 'cpu', '0', 'cuda:1', ...")
     imgsz: int | None = Field(None, ge=32, le=4096, description="default: the size the model was trained at")
     conf: float = Field(0.25, ge=0.0, le=1.0)
@@ -54,6 +59,10 @@ class PredictSettings(Section):
     )
     label_map: dict[str, str] = Field(default_factory=dict, description="model class -> platform label")
     budget_s: float = Field(60.0, gt=0, description="answer /predict within this; the rest in background")
+    memo_entries: int = Field(
+        100_000, ge=0, description="results remembered in Redis by image sha256 + model + settings; 0 = off"
+    )
+    memo_ttl_s: float = Field(7 * 24 * 3600.0, gt=0, description="seconds a remembered result is kept")
     env_names: ClassVar[dict[str, str]] = {"budget_s": "LABELLOOP_PREDICT_BUDGET_S"}
 
     def fingerprint(self) -> str:
@@ -194,6 +203,9 @@ class GateSettings(Section):
     max_class_drop: float = Field(0.05, ge=0)
     max_latency_ms: float | None = None
     floor_map50_95: float = Field(0.05, ge=0, le=1)
+    max_quant_drop: float = Field(
+        0.01, ge=0, le=1, description="largest mAP50-95 drop below fp32 an int8/bf16 artifact may show"
+    )
 
 
 class RegistrySettings(Section):

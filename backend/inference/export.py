@@ -20,6 +20,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,8 +117,10 @@ def export_model(
     conf: float | None = None,
     calibration_images: int = 300,
     log_to_registry: bool = True,
+    build: Callable[..., Path] | None = None,
 ) -> ExportReport:
-    """Write ``weights`` as ``fmt`` under ``out_dir`` and validate it (see the module doc)."""
+    """Write ``weights`` as ``fmt`` under ``out_dir`` and validate it (see the module doc);
+    ``build`` makes the artifact (default ``build_artifact``, same arguments)."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if fmt in NEEDS_CALIBRATION and not calibration:
@@ -138,7 +141,7 @@ def export_model(
         size = imgsz or int(train_args.get("imgsz") or 640)
         out_dir.mkdir(parents=True, exist_ok=True)
         target = out_dir / artifact_name(weights, fmt, size)
-        built = build_artifact(weights, fmt, work, size, calib, names)
+        built = (build or build_artifact)(weights, fmt, work, size, calib, names)
         if target.exists():
             shutil.rmtree(target) if target.is_dir() else target.unlink()
         shutil.move(str(built), target)
@@ -170,7 +173,9 @@ def export_model(
                 )
     report.seconds = round(time.monotonic() - t0, 2)
     if log_to_registry:
-        report.mlflow_run_id = _log_to_registry(settings, weights, target, report)
+        from labelloop.backend.registry.exports import store_export  # lazy: the registry sits above
+
+        report.mlflow_run_id = store_export(settings, weights, target, report.to_dict())
     return report
 
 
@@ -239,9 +244,12 @@ def head_decode_nodes(onnx_path: Path) -> list[str]:
     ]
 
 
-def quantize_onnx(fp32: Path, calib: CalibrationSet, imgsz: int, target: Path) -> Path:
+def quantize_onnx(
+    fp32: Path, calib: CalibrationSet, imgsz: int, target: Path, keep_float: list[str] | None = None
+) -> Path:
     """ONNX Runtime static quantization: uint8 activations, int8 per-channel weights, MinMax over
-    the calibration images, the head's decode kept float; the model's metadata carried over."""
+    the calibration images, the nodes ``keep_float`` (default: the head's decode) kept float; the
+    model's metadata carried over."""
     import cv2
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -267,7 +275,7 @@ def quantize_onnx(fp32: Path, calib: CalibrationSet, imgsz: int, target: Path) -
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         per_channel=True,
-        nodes_to_exclude=head_decode_nodes(fp32),
+        nodes_to_exclude=head_decode_nodes(fp32) if keep_float is None else keep_float,
     )
     source, quantized = onnx.load(str(fp32)), onnx.load(str(target))
     del quantized.metadata_props[:]
@@ -312,42 +320,3 @@ def val_metrics(weights: Path, artifact: Path, data_yaml: Path, imgsz: int, work
         "fp32_map50_95": round(old.map50_95, 4),
         "map50_95_drop": round(old.map50_95 - new.map50_95, 4),
     }
-
-
-def registry_run_of(settings: Settings, weights: Path) -> str | None:
-    """The MLflow run that produced ``weights`` when they were fetched from the registry (their
-    ``.version`` sidecar names ``<line>-v<N>``), else None."""
-    root = (settings.cache_dir / "models" / "registry").resolve()
-    sidecar = Path(f"{weights}.version")
-    if not weights.resolve().is_relative_to(root) or not sidecar.is_file():
-        return None
-    line, _, number = sidecar.read_text().strip().rpartition("-v")
-    if not line or not number.isdigit():
-        return None
-    from labelloop.backend.registry.lines import get_version
-
-    return get_version(settings, line, int(number)).run_id
-
-
-def _log_to_registry(settings: Settings, weights: Path, artifact: Path, report: ExportReport) -> str | None:
-    run_id = registry_run_of(settings, weights)
-    if run_id is None:
-        return None
-    from labelloop.backend.registry import tracking
-
-    where = f"exports/{report.format}-{report.imgsz}"
-    c = tracking.client(settings)
-    if artifact.is_dir():
-        tracking.registry_call(f"uploading {artifact.name}", c.log_artifacts, run_id, str(artifact), where)
-    else:
-        tracking.log_artifact(settings, run_id, artifact, where)
-    with tempfile.TemporaryDirectory() as tmp:
-        rep = Path(tmp) / "report.json"
-        rep.write_text(json.dumps(report.to_dict(), indent=2, default=str))
-        tracking.log_artifact(settings, run_id, rep, where)
-    key = f"export.{report.format.replace('-', '_')}.{report.imgsz}"
-    metrics = {f"{key}.recovered": report.agreement.recovered}
-    if report.val:
-        metrics[f"{key}.map50_95"] = report.val["map50_95"]
-    tracking.log_metrics(settings, run_id, metrics)
-    return run_id

@@ -1,8 +1,8 @@
-"""The lean CPU runtime: ONNX (fp32/INT8) and OpenVINO IR detect models served with neither torch nor
-Ultralytics imported (their import alone is ~550 MB of a worker's RSS).
+"""The lean CPU runtime: ONNX (fp32/INT8) and OpenVINO IR detect, pose and obb models served with
+neither torch nor Ultralytics imported (their import alone is ~550 MB of a worker's RSS).
 
 ``predict.runtime = "lean"`` (LABELLOOP_RUNTIME=lean) asks for it; ``auto`` picks it for an exported
-.onnx file or OpenVINO IR dir of a detect model on the CPU (``wanted``). It does what Ultralytics'
+.onnx file or OpenVINO IR dir of such a model on the CPU (``wanted``). It does what Ultralytics'
 DetectionPredictor does, in numpy: the letterbox (LetterBox: scaleup, centred, pad 114, cv2 bilinear
 resize; minimal stride padding when the model takes dynamic shapes, as Ultralytics' ``rect`` predict
 does, else padded to the model's fixed size), BGR -> RGB /255 float32, one forward, the YOLOv8 detect
@@ -12,10 +12,14 @@ suppressed, ``max_det`` kept), boxes scaled back and clipped. The result objects
 ``connectors.formats.ultralytics.result_to_regions`` reads (boxes.xyxy/cls/conf, ``feats`` = the
 class vector of each kept box, ``max_candidate``), so the predictor builds the same ImageItems.
 
-Class names, task, imgsz and stride come from the ONNX metadata_props Ultralytics writes, or from
-an OpenVINO IR dir's ``metadata.yaml``. Detect only for now, with the YOLOv8-style head: any other
-task, an end-to-end head (YOLO26/YOLOv10 or an nms=True export: [1, max_det, 6]) and .pt weights
-(which need a torch export first) are served by the current runtime, said in one log line.
+Pose: the head's keypoint channels of each kept box, scaled like Ultralytics' scale_coords (clipped).
+OBB: boxes stay xywh + the angle channel, NMS is Ultralytics' rotated fast NMS (probiou, a box is
+dropped when any higher-scored one overlaps it), boxes scaled without clipping.
+
+Class names, task, imgsz, stride and the keypoint shape come from the ONNX metadata_props Ultralytics
+writes, or from an OpenVINO IR dir's ``metadata.yaml``. YOLOv8-style heads only: segment, classify,
+an end-to-end head (YOLO26/YOLOv10 or an nms=True export: [1, max_det, 6]) and .pt weights (which
+need a torch export first) are served by the current runtime, said in one log line.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from labelloop.settings import PredictSettings
 
 log = logging.getLogger(__name__)
 
-LEAN_TASKS = ("detect",)
+LEAN_TASKS = ("detect", "pose", "obb")
 PAD = 114
 MAX_WH = 7680  # Ultralytics' per-class box offset for class-aware NMS
 MAX_NMS = 30000
@@ -53,6 +57,15 @@ class ModelMeta:
     stride: int = 32
     args: dict[str, Any] = field(default_factory=dict)
     end2end: bool = False  # NMS-free head or NMS in the graph: [1, max_det, 6] out, not [1, 4+nc, N]
+    kpt_shape: tuple[int, int] | None = None  # pose: (keypoints, 2 or 3 values each)
+    kpt_names: list[str] | None = None
+
+    @property
+    def extra(self) -> int:
+        """Head channels after the class scores: keypoints (pose), the angle (obb), none (detect)."""
+        if self.task == "pose" and self.kpt_shape:
+            return self.kpt_shape[0] * self.kpt_shape[1]
+        return 1 if self.task == "obb" else 0
 
 
 def _literal(v: Any) -> Any:
@@ -73,6 +86,10 @@ def parse_meta(raw: dict[str, Any]) -> ModelMeta:
     if isinstance(imgsz, int):
         imgsz = [imgsz, imgsz]
     args = _literal(raw.get("args", {}))
+    kpt_shape = _literal(raw.get("kpt_shape"))
+    kpt_names = _literal(raw.get("kpt_names"))
+    if isinstance(kpt_names, dict):  # {class: [names]}, as the predictor reads them
+        kpt_names = next(iter(kpt_names.values()), None)
     return ModelMeta(
         task=str(raw.get("task", "detect")),
         names={int(k): str(v) for k, v in names.items()},
@@ -80,6 +97,8 @@ def parse_meta(raw: dict[str, Any]) -> ModelMeta:
         stride=int(_literal(raw.get("stride", 32))),
         args=args if isinstance(args, dict) else {},
         end2end=bool(_literal(raw.get("end2end", False))) or bool(isinstance(args, dict) and args.get("nms")),
+        kpt_shape=(int(kpt_shape[0]), int(kpt_shape[1])) if kpt_shape else None,
+        kpt_names=[str(n) for n in kpt_names] if isinstance(kpt_names, list | tuple) else None,
     )
 
 
@@ -143,15 +162,69 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, max_det: int) -> np.n
 
 def scale_boxes(boxes: np.ndarray, input_hw: tuple[int, int], orig_hw: tuple[int, int]) -> np.ndarray:
     """xyxy boxes on the letterboxed input -> pixels of the original image, clipped to it."""
-    gain = min(input_hw[0] / orig_hw[0], input_hw[1] / orig_hw[1])
-    new_h, new_w = (max(round(x * gain), 1) for x in orig_hw)
-    gain_y, gain_x = new_h / orig_hw[0], new_w / orig_hw[1]
-    pad_x = round((input_hw[1] - new_w) / 2 - 0.1)
-    pad_y = round((input_hw[0] - new_h) / 2 - 0.1)
+    gain_x, gain_y, pad_x, pad_y = _gain_pad(input_hw, orig_hw)
     b = boxes.copy()
     b[:, [0, 2]] = ((b[:, [0, 2]] - pad_x) / gain_x).clip(0, orig_hw[1])
     b[:, [1, 3]] = ((b[:, [1, 3]] - pad_y) / gain_y).clip(0, orig_hw[0])
     return b
+
+
+def _gain_pad(input_hw: tuple[int, int], orig_hw: tuple[int, int]) -> tuple[float, float, int, int]:
+    """Ultralytics' scale_boxes/scale_coords arithmetic: (gain_x, gain_y, pad_x, pad_y)."""
+    gain = min(input_hw[0] / orig_hw[0], input_hw[1] / orig_hw[1])
+    new_h, new_w = (max(round(x * gain), 1) for x in orig_hw)
+    pad_x = round((input_hw[1] - new_w) / 2 - 0.1)
+    pad_y = round((input_hw[0] - new_h) / 2 - 0.1)
+    return new_w / orig_hw[1], new_h / orig_hw[0], pad_x, pad_y
+
+
+def scale_points(pts: np.ndarray, input_hw: tuple[int, int], orig_hw: tuple[int, int]) -> np.ndarray:
+    """(..., 2+) points (keypoints: x, y[, conf]) on the input -> original pixels, clipped (scale_coords)."""
+    gx, gy, px, py = _gain_pad(input_hw, orig_hw)
+    p = pts.copy()
+    p[..., 0] = ((p[..., 0] - px) / gx).clip(0, orig_hw[1])
+    p[..., 1] = ((p[..., 1] - py) / gy).clip(0, orig_hw[0])
+    return p
+
+
+def scale_rboxes(xywhr: np.ndarray, input_hw: tuple[int, int], orig_hw: tuple[int, int]) -> np.ndarray:
+    """Rotated boxes on the input -> original pixels, not clipped (scale_boxes with xywh=True)."""
+    gx, gy, px, py = _gain_pad(input_hw, orig_hw)
+    b = xywhr.copy()
+    b[:, 0] = (b[:, 0] - px) / gx
+    b[:, 1] = (b[:, 1] - py) / gy
+    b[:, 2] /= gx
+    b[:, 3] /= gy
+    return b
+
+
+def probiou(a: np.ndarray, b: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    """Ultralytics' batch_probiou (Gaussian Bhattacharyya overlap) of xywhr boxes: (N, M)."""
+
+    def cov(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        w2, h2, r = x[:, 2:3] ** 2 / 12, x[:, 3:4] ** 2 / 12, x[:, 4:5]
+        cos, sin = np.cos(r), np.sin(r)
+        return w2 * cos**2 + h2 * sin**2, w2 * sin**2 + h2 * cos**2, (w2 - h2) * cos * sin
+
+    x1, y1 = a[:, 0:1], a[:, 1:2]
+    x2, y2 = b[:, 0][None], b[:, 1][None]
+    a1, b1, c1 = cov(a)
+    a2, b2, c2 = (v[:, 0][None] for v in cov(b))
+    denom = (a1 + a2) * (b1 + b2) - (c1 + c2) ** 2 + eps
+    t1 = ((a1 + a2) * (y1 - y2) ** 2 + (b1 + b2) * (x1 - x2) ** 2) / denom * 0.25
+    t2 = ((c1 + c2) * (x2 - x1) * (y1 - y2)) / denom * 0.5
+    det = np.clip(a1 * b1 - c1**2, 0, None) * np.clip(a2 * b2 - c2**2, 0, None)
+    t3 = np.log(((a1 + a2) * (b1 + b2) - (c1 + c2) ** 2) / (4 * np.sqrt(det) + eps) + eps) * 0.5
+    bd = np.clip(t1 + t2 + t3, eps, 100.0)
+    return 1 - np.sqrt(1.0 - np.exp(-bd) + eps)
+
+
+def nms_rotated(boxes: np.ndarray, scores: np.ndarray, iou: float, max_det: int) -> np.ndarray:
+    """Ultralytics' rotated NMS (fast NMS: a box is dropped when any higher-scored box, kept or not,
+    overlaps it by probiou > ``iou``); kept indices by descending score."""
+    order = np.argsort(-scores, kind="stable")
+    ious = np.triu(probiou(boxes[order], boxes[order]), k=1)
+    return order[(ious > iou).sum(0) <= 0][:max_det]
 
 
 @dataclass
@@ -165,25 +238,44 @@ class LeanBoxes:
 
 
 @dataclass
+class LeanRotated:
+    xywhr: np.ndarray  # (n, 5) float32: centre, size (original pixels), rotation in radians
+    cls: np.ndarray
+    conf: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.cls)
+
+
+@dataclass
+class LeanKeypoints:
+    data: np.ndarray  # (n, k, 2|3) float32: x, y in original pixels[, visibility confidence]
+
+
+@dataclass
 class LeanResult:
     """Shaped like the parts of an Ultralytics Results that ``result_to_regions`` reads."""
 
-    boxes: LeanBoxes
+    boxes: LeanBoxes | None
     feats: np.ndarray  # (n, nc): each kept box's class-probability vector
     max_candidate: float | None
+    obb: LeanRotated | None = None
+    keypoints: LeanKeypoints | None = None
 
 
-def decode_detect(
+def decode(
     raw: np.ndarray,
-    nc: int,
+    meta: ModelMeta,
     input_hw: tuple[int, int],
     orig_hw: tuple[int, int],
     conf: float,
     iou: float,
     max_det: int,
 ) -> LeanResult:
-    """One image's YOLOv8 detect head output (4+nc, N) -> kept boxes in original pixels."""
+    """One image's YOLOv8-style head output (4+nc+extra, N) -> kept detections in original pixels:
+    boxes (detect), boxes and keypoints (pose), rotated boxes (obb)."""
     raw = np.asarray(raw, dtype=np.float32)
+    nc = len(meta.names)
     scores = raw[4 : 4 + nc]  # (nc, N)
     best = scores.max(0) if scores.size else np.zeros(0, np.float32)
     max_candidate = float(best.max()) if best.size else None
@@ -194,13 +286,23 @@ def decode_detect(
         top = np.argsort(-confs, kind="stable")[:MAX_NMS]
         idx, cls, confs = idx[top], cls[top], confs[top]
     xywh = raw[:4, idx].T
+    offset = (cls.astype(np.float32) * MAX_WH)[:, None]
+    if meta.task == "obb":
+        rboxes = np.concatenate([xywh, raw[4 + nc : 5 + nc, idx].T], 1)
+        shifted = np.concatenate([rboxes[:, :2] + offset, rboxes[:, 2:]], 1)
+        keep = nms_rotated(shifted, confs, iou, max_det) if idx.size else np.zeros(0, np.int64)
+        rotated = LeanRotated(
+            scale_rboxes(rboxes[keep], input_hw, orig_hw).astype(np.float32),
+            cls[keep].astype(np.int64),
+            confs[keep].astype(np.float32),
+        )
+        return LeanResult(None, scores[:, idx[keep]].T.astype(np.float32), max_candidate, obb=rotated)
     xyxy = np.empty_like(xywh)
     half = xywh[:, 2:] / 2
     xyxy[:, :2] = xywh[:, :2] - half
     xyxy[:, 2:] = xywh[:, :2] + half
-    offset = (cls.astype(np.float32) * MAX_WH)[:, None]
     keep = nms(xyxy + offset, confs, iou, max_det) if idx.size else np.zeros(0, np.int64)
-    return LeanResult(
+    result = LeanResult(
         boxes=LeanBoxes(
             xyxy=scale_boxes(xyxy[keep], input_hw, orig_hw).astype(np.float32),
             cls=cls[keep].astype(np.int64),
@@ -209,6 +311,10 @@ def decode_detect(
         feats=scores[:, idx[keep]].T.astype(np.float32),
         max_candidate=max_candidate,
     )
+    if meta.task == "pose" and meta.kpt_shape:
+        kpts = raw[4 + nc : 4 + nc + meta.extra, idx[keep]].T.reshape(len(keep), *meta.kpt_shape)
+        result.keypoints = LeanKeypoints(scale_points(kpts, input_hw, orig_hw).astype(np.float32))
+    return result
 
 
 # ---------------------------------------------------------------------------- the runtime
@@ -313,9 +419,7 @@ class LeanRuntime:
             for im in images_bgr:
                 lb = letterbox(im, target, auto=fixed is None, stride=self.meta.stride)
                 raw = forward(to_input(lb))
-                out.append(
-                    decode_detect(raw[0], len(self.names), lb.shape[:2], im.shape[:2], conf, iou, max_det)
-                )
+                out.append(decode(raw[0], self.meta, lb.shape[:2], im.shape[:2], conf, iou, max_det))
         return out
 
 
@@ -354,9 +458,9 @@ def open_lean(weights: Path, settings: PredictSettings) -> LeanRuntime | None:
         )
         return None
     channels = getattr(rt.model, "channels", None)
-    if rt.meta.end2end or (channels is not None and channels != 4 + len(rt.names)):
+    if rt.meta.end2end or (channels is not None and channels != 4 + len(rt.names) + rt.meta.extra):
         log.info(
-            "runtime lean decodes the YOLOv8-style detect head [1, 4+nc, N]; %s has an end-to-end or "
+            "runtime lean decodes the YOLOv8-style head [1, 4+nc+extra, N]; %s has an end-to-end or "
             "other head: served by the current runtime",
             weights.name,
         )

@@ -22,6 +22,7 @@ from labelloop.backend.inference import lean as lean_runtime
 from labelloop.backend.inference import uncertainty as unc
 from labelloop.backend.inference.class_probs import probs_predictor
 from labelloop.backend.inference.images import Fetched
+from labelloop.backend.inference.precision import Choice
 from labelloop.backend.inference.runtime import Runtime
 from labelloop.backend.inference.weights import model_version_of, resolve_weights
 from labelloop.backend.inference.yolo_env import ensure_yolo_env
@@ -58,6 +59,7 @@ class Predictor:
         self.settings = settings
         self.weights = Path(weights)
         self.model_version = model_version_of(self.weights)
+        self.choice: Choice | None = None  # set by who chose these weights among exported artifacts
         predict_settings = settings.predict
         if lean_runtime.wanted(predict_settings, self.weights):
             lean = lean_runtime.open_lean(self.weights, predict_settings)
@@ -96,9 +98,9 @@ class Predictor:
         self._predictor_cls = probs_predictor(task)
 
     def _serve_lean(self, lean: Any) -> None:
-        """Serve through ``lean.LeanRuntime``: no torch, no Ultralytics (detect ONNX / OpenVINO)."""
+        """Serve through ``lean.LeanRuntime``: no torch, no Ultralytics (detect, pose, obb)."""
         self.task, self.names = lean.task, lean.names
-        self.kpt_names, self.kpt_shape = None, None
+        self.kpt_names, self.kpt_shape = lean.meta.kpt_names, lean.meta.kpt_shape
         self.imgsz = lean.imgsz
         self.engine = lean
         self.runtime, self.device, self.onnx_path = lean.name, lean.device, lean.onnx_path

@@ -121,6 +121,7 @@ def create_app(settings: Settings, weights: Path, service: PredictionService | N
             model_class="labelloop.YOLO",
             model_version=version,
             model_loaded=service.loaded,
+            served=service.served,  # the artifact, runtime and precision choice (and why)
             pid=os.getpid(),  # which worker answered: each swaps on its own
         )
 

@@ -38,6 +38,8 @@ IMAGES_PER_S = Gauge(
 ERRORS = Counter("labelloop_errors_total", "Errors by kind", ["kind"])
 UNMAPPED = Counter("labelloop_unmapped_regions_total", "Regions dropped: class without a label in the config")
 BACKGROUND = Counter("labelloop_background_tasks_total", "Tasks handed to background prediction")
+FORWARDS = Counter("labelloop_forwards_total", "Images run through the model (not from the result memo)")
+MEMO_HITS = Counter("labelloop_memo_hits_total", "Images answered from the result memo, no forward")
 WEBHOOKS = Counter("labelloop_webhook_events_total", "Webhook events received", ["action"])
 
 
@@ -63,6 +65,11 @@ def predicted(images: int, seconds: float, failed: Mapping[ErrorKind, int], unma
     for kind, n in failed.items():
         ERRORS.labels(image_label(kind)).inc(n)
     UNMAPPED.inc(unmapped)
+
+
+def memo(forwards: int, hits: int) -> None:
+    FORWARDS.inc(forwards)
+    MEMO_HITS.inc(hits)
 
 
 def handed_off(tasks: int) -> None:

@@ -17,9 +17,11 @@ from typing import Any
 from labelloop.backend.inference.images import ImageFetcher, LabelStudioFiles
 from labelloop.backend.inference.predictor import Predictor
 from labelloop.backend.inference.weights import model_version_of
+from labelloop.backend.registry.exports import serving_artifact
 from labelloop.backend.registry.lines import ModelRef
 from labelloop.backend.registry.slot import ChampionWatcher, ModelSlot, followed_line
 from labelloop.backend.serving import metrics
+from labelloop.backend.serving.memo import MemoStats, ResultMemo, scope_of
 from labelloop.backend.serving.project_access import Credentials, ProjectAccess, configured, project_id
 from labelloop.connectors.formats.labelstudio import (
     ControlPlan,
@@ -46,6 +48,7 @@ class BatchReport:
     unmapped: int = 0
     elapsed: float = 0.0
     model_version: str = ""
+    memo: MemoStats = field(default_factory=MemoStats)  # images from the result memo vs forwarded
 
     @property
     def unfinished(self) -> list[int]:
@@ -99,18 +102,38 @@ class PredictionService:
         self.hand_off = hand_off
         self.slot: ModelSlot[Predictor] = ModelSlot(weights, self._load)
         self.watcher: ChampionWatcher | None = None
+        self.memo = ResultMemo(settings)
 
     def _load(self, weights: Path) -> Predictor:
+        """The predictor of ``weights``, or of the fastest exported artifact of theirs that passed
+        validation (``registry.exports.serving_artifact``; the choice is logged and kept for /health)."""
         t = time.monotonic()
-        predictor = Predictor(weights, self.settings)
+        artifact, choice = serving_artifact(self.settings, weights)
+        if choice is not None:
+            log.info("%s: %s", weights, choice.summary())
+        predictor = Predictor(artifact, self.settings)
+        predictor.choice = choice
         log.info(
             "loaded %s (%s, %s runtime) in %.1fs",
-            weights,
+            artifact,
             predictor.task,
             predictor.runtime,
             time.monotonic() - t,
         )
         return predictor
+
+    @property
+    def served(self) -> dict[str, Any] | None:
+        """What is served and why, for /health: the artifact, its runtime and the precision choice."""
+        predictor = self.slot.current.model
+        if predictor is None:
+            return None
+        choice = predictor.choice
+        return {
+            "artifact": predictor.weights.name,
+            "runtime": predictor.runtime,
+            "precision": choice.to_dict() if choice else None,
+        }
 
     @property
     def weights(self) -> Path:
@@ -165,6 +188,7 @@ class PredictionService:
             request.tasks, request.label_config, creds.files() if creds else None, deadline
         )
         metrics.predicted(report.predicted, report.elapsed, report.failed, report.unmapped)
+        metrics.memo(report.memo.forwards, report.memo.hits)
         rest = report.unfinished
         if rest:
             self._hand_off([request.tasks[i] for i in rest], request, creds, report)
@@ -218,7 +242,9 @@ class PredictionService:
         report = BatchReport(results=[None] * len(tasks), model_version=version)
         uris = [_image_ref(t, plan.image_key) for t in tasks]
         fetched = self.fetcher.load_many(uris, label_studio)
-        outcomes = predictor.predict_fetched(fetched)
+        scope = scope_of(version, f"{predictor.runtime}:{predictor.weights.name}", predictor.task,
+                         self.settings.predict.fingerprint())  # fmt: skip
+        outcomes = self.memo.predict(scope, fetched, predictor.predict_fetched, report.memo)
         try:
             for i, outcome in enumerate(outcomes):
                 if outcome.item is None:

@@ -248,6 +248,7 @@ def bench_load(
                     "LABELLOOP_HTTP_WORKERS": str(workers),
                     "LABELLOOP_ALLOW_PRIVATE_URLS": "true",
                     "LABELLOOP_IMAGE_CACHE_BYTES": "0",
+                    "LABELLOOP_MEMO_ENTRIES": "0",  # repeated images must run the model each time
                 },
             ).start()
             url, backend_pid = backend.url, backend.proc.pid if backend.proc else None

@@ -91,7 +91,9 @@ def bench_predict(settings: Settings, n_tasks: int, out: Path, repeats: int = 3)
                 model.predict(img, imgsz=onnx.imgsz, conf=settings.predict.conf, verbose=False, device="cpu")
             return time.perf_counter() - t
 
-        served = settings.with_(runtime="onnx", labelstudio={"url": ls.url, "token": ls.token})
+        served = settings.with_(  # no result memo: each repeat must run the model again
+            runtime="onnx", memo_entries=0, labelstudio={"url": ls.url, "token": ls.token}
+        )
         # cold: every image is downloaded from Label Studio again; warm: re-predicting tasks whose
         # images sit in the backend's disk cache (e.g. after a model promotion)
         redis_url = settings.queue.redis_url

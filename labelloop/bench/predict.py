@@ -1,0 +1,192 @@
+"""``labelloop bench predict --runtime onnx,onnx-int8,openvino,openvino-bf16,openvino-int8,lean,...``:
+every runtime and precision in one run, on the same images, against ONNX Runtime fp32 (``onnx``,
+always measured first as the baseline).
+
+For each runtime: images/s through the predictor on decoded images (alternating rounds, so a noisy
+host slows all alike; median and range), then a real gunicorn backend (1 worker, no image cache, no
+result memo) serving it: end-to-end /predict images/s with the images downloaded from a real Label
+Studio (best of ``repeats``), cold start (process start to the first /predict answered), the
+worker's RSS after the calls and whether libtorch is mapped; and the accuracy of its artifact from
+``labelloop export`` (share of PyTorch fp32's detections recovered, mAP50-95 on the val split
+against fp32's), calibrated on the train split of the same generated dataset.
+
+A runtime name is an export format served by the runtime of the same name (``onnx``: ONNX Runtime
+through Ultralytics, ``openvino*``: OpenVINO), or ``lean``/``lean-<format>``: that artifact served
+by the lean runtime (no torch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import requests
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+
+from labelloop.bench.lean import _rss_mb
+from labelloop.settings import Settings
+
+console = Console()
+BASELINE = "onnx"
+FORMAT_RUNTIMES = {"onnx": "onnx", "onnx-int8": "onnx", "openvino": "openvino", "openvino-bf16": "openvino",
+                   "openvino-int8": "openvino"}  # fmt: skip
+
+
+def parse_runtime(name: str) -> tuple[str, str]:
+    """(export format, serving runtime) of a runtime name (see the module doc)."""
+    if name in FORMAT_RUNTIMES:
+        return name, FORMAT_RUNTIMES[name]
+    if name == "lean":
+        return "onnx", "lean"
+    fmt = name.removeprefix("lean-")
+    if name.startswith("lean-") and fmt in FORMAT_RUNTIMES:
+        return fmt, "lean"
+    known = ", ".join([*FORMAT_RUNTIMES, "lean", *(f"lean-{f}" for f in FORMAT_RUNTIMES if f != "onnx")])
+    from labelloop.errors import ConfigError
+
+    raise ConfigError(f"--runtime {name!r}: expected a comma-separated list of {known}")
+
+
+def _speeds(models: dict[str, Any], arrays: list[np.ndarray], rounds: int) -> dict[str, dict[str, Any]]:
+    for p in models.values():
+        p.predict_arrays(arrays[:4])  # warm: sessions, compiled models
+    rates: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(rounds):
+        for k, p in models.items():
+            t = time.perf_counter()
+            p.predict_arrays(arrays)
+            rates[k].append(len(arrays) / (time.perf_counter() - t))
+    return {
+        k: {"images_per_s": round(float(np.median(r)), 2), "range": [round(min(r), 1), round(max(r), 1)]}
+        for k, r in rates.items()
+    }
+
+
+def _served(
+    artifact: Path, runtime: str, settings: Settings, tasks: list[dict], config: str, work: Path, repeats: int
+) -> dict[str, Any]:
+    """A real backend serving ``artifact`` with ``runtime``: cold start, /predict images/s, RSS."""
+    from labelloop.backend.serving.gunicorn import BackendProcess
+
+    served = settings.with_(image_cache_bytes=0, memo_entries=0, http_workers=1)
+    b = BackendProcess(
+        work, artifact, settings.queue.redis_url, {"LABELLOOP_RUNTIME": runtime}, settings=served
+    )
+    t0 = time.monotonic()
+    b.start(timeout=300)
+    try:
+        pid = int(requests.get(f"{b.url}/health", timeout=5).json()["pid"])  # before /predict (bench.lean)
+
+        def predict(batch: list[dict]) -> float:
+            t = time.perf_counter()
+            r = requests.post(f"{b.url}/predict", json={"tasks": batch, "label_config": config}, timeout=600)
+            r.raise_for_status()
+            if len(r.json()["results"]) != len(batch):
+                raise RuntimeError(f"{runtime}: /predict answered {len(r.json()['results'])} of {len(batch)}")
+            return time.perf_counter() - t
+
+        predict(tasks[:1])
+        cold = time.monotonic() - t0
+        best = min(predict(tasks) for _ in range(repeats))
+        return {
+            "e2e_images_per_s": round(len(tasks) / best, 2),
+            "cold_start_s": round(cold, 2),
+            **_rss_mb(pid),
+            "torch_mapped": "libtorch" in Path(f"/proc/{pid}/maps").read_text(),
+        }
+    finally:
+        b.stop()
+
+
+def bench_runtimes(
+    settings: Settings,
+    names: list[str],
+    out: Path,
+    *,
+    tasks: int = 32,
+    imgsz: int = 320,
+    rounds: int = 5,
+    repeats: int = 2,
+) -> dict[str, Any]:
+    from labelloop.backend.inference.demo_model import write_shapes_dataset
+    from labelloop.backend.inference.export import export_model
+    from labelloop.backend.inference.predictor import Predictor
+    from labelloop.backend.inference.weights import resolve_weights
+    from labelloop.connectors.formats.labelstudio import generate_label_config
+    from labelloop.connectors.labelstudio import LabelStudioClient, imports, projects
+    from labelloop.connectors.labelstudio.server import LabelStudioServer
+
+    names = [BASELINE, *dict.fromkeys(n for n in names if n != BASELINE)]
+    plan = {n: parse_runtime(n) for n in names}
+    weights = resolve_weights(settings)
+    work = Path(tempfile.mkdtemp(prefix="labelloop-bench-runtimes-"))
+    data = work / "shapes"
+    write_shapes_dataset(data, n_train=tasks, n_val=tasks, size=640, seed=11)
+    paths = sorted((data / "images" / "val").iterdir())
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    reports = {}
+    for fmt in dict.fromkeys(f for f, _ in plan.values()):
+        console.print(f"exporting {fmt} at {imgsz} and validating it")
+        reports[fmt] = export_model(settings, weights, fmt, work / "artifacts", imgsz=imgsz,
+                                    calibration=str(data), calibration_images=tasks,
+                                    log_to_registry=False)  # fmt: skip
+    cpu = settings.with_(device="cpu", imgsz=imgsz)
+    console.print(f"predictor images/s, {rounds} alternating rounds of {len(arrays)} images")
+    models = {n: Predictor(Path(reports[f].artifact), cpu.with_(runtime=rt)) for n, (f, rt) in plan.items()}
+    speeds = _speeds(models, arrays, rounds)
+    streams = {n: m.streams for n, m in models.items()}
+    del models
+    rows: list[dict[str, Any]] = []
+    with LabelStudioServer(work / "ls") as ls:
+        client = LabelStudioClient(ls.url, ls.token)
+        config = generate_label_config("detect", ["circle", "square", "triangle"])
+        project = projects.create_project(client, "bench runtimes", config)
+        imports.upload_images(client, project, paths)
+        listed = client.request("GET", "/api/tasks", params={"project": project, "page_size": tasks})["tasks"]
+        ls_tasks = [{"id": t["id"], "data": t["data"]} for t in listed]
+        via_ls = cpu.with_(labelstudio={"url": ls.url, "token": ls.token})
+        for n, (fmt, rt) in plan.items():
+            console.print(f"{n}: a backend serving {fmt} with runtime {rt}, /predict through Label Studio")
+            rep = reports[fmt]
+            a, v = rep.agreement, rep.val or {}
+            rows.append({
+                "runtime": n, "format": fmt, "served_by": rt, "streams": streams[n], **speeds[n],
+                **_served(Path(rep.artifact), rt, via_ls, ls_tasks, config, work / f"backend-{n}", repeats),
+                "recovered": round(a.recovered, 3), "extra": a.extra, "map50_95": v.get("map50_95"),
+                "fp32_map50_95": v.get("fp32_map50_95"), "map50_95_drop": v.get("map50_95_drop"),
+            })  # fmt: skip
+    base = rows[0]
+    for r in rows:
+        r["x_fp32_ort"] = round(r["images_per_s"] / base["images_per_s"], 2)
+        r["e2e_x_fp32_ort_ceiling"] = round(r["e2e_images_per_s"] / base["images_per_s"], 2)
+    result = {
+        "weights": str(weights),
+        "images": len(arrays),
+        "image_size": "640x640 JPEG",
+        "imgsz": imgsz,
+        "machine": f"{platform.machine()} cpus={os.cpu_count()}",
+        "baseline": "ONNX Runtime fp32 (runtime onnx) on decoded images, same run",
+        "targets": {"int8_e2e_x_fp32_ceiling": 2.0, "stretch": 2.5, "max_map50_95_drop": 0.01},
+        "rows": rows,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    table = Table("runtime", "img/s", "x fp32", "e2e img/s", "e2e x fp32", "cold s", "RSS MB", "torch",
+                  "recovered", "mAP50-95 (fp32)")  # fmt: skip
+    for r in rows:
+        table.add_row(r["runtime"], f"{r['images_per_s']:.1f}", f"{r['x_fp32_ort']:.2f}",
+                      f"{r['e2e_images_per_s']:.1f}", f"{r['e2e_x_fp32_ort_ceiling']:.2f}",
+                      f"{r['cold_start_s']:.1f}",
+                      f"{r['rss_mb']:.0f}", "yes" if r["torch_mapped"] else "no", f"{r['recovered']:.3f}",
+                      f"{r['map50_95']} ({r['fp32_map50_95']})")  # fmt: skip
+    console.print(table)
+    console.print(f"written to {out}")
+    return result
