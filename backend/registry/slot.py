@@ -7,7 +7,8 @@ alias every ``serve.reload_poll_s`` anyway, so a lost message, a Redis outage or
 outside labelloop is still picked up (``announce`` is the sending side). A new champion is fetched
 and loaded in that background thread and then put into the ``ModelSlot`` with one reference
 assignment: a request holds the model it started with, so requests in flight finish on the old
-one. A champion that fails to load is logged once and skipped; the old model keeps serving.
+one. A champion that fails to load is logged once and skipped; the old model keeps serving, and
+``error`` says why until a champion loads (``/health`` shows it as ``reload_error``).
 
 Which processes follow a line (``followed_line``): ``serve.follow_line`` when set, else those
 serving the embedded demo model, i.e. started without ``--model``; explicit weights are kept.
@@ -105,6 +106,7 @@ class ChampionWatcher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._failed: set[int] = set()  # versions that would not load: logged once, not retried
+        self.error: str | None = None  # why the champion is not what is served (for /health)
         self._registry_down = False
         self._threads: list[threading.Thread] = []
 
@@ -139,15 +141,11 @@ class ChampionWatcher:
             self.slot.swap(ref.weights, ref.version)
         except Exception as e:
             self._failed.add(version)
-            log.error(
-                "hot reload (pid %d): %s-v%d cannot be served, still serving %s: %s",
-                os.getpid(),
-                self.line,
-                version,
-                was,
-                str(e).splitlines()[0] if str(e) else type(e).__name__,
-            )
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            self.error = f"{self.line}-v{version} cannot be served, still serving {was}: {reason}"
+            log.error("hot reload (pid %d): %s", os.getpid(), self.error)
             return False
+        self.error = None
         log.info(
             "hot reload (pid %d): now serving %s (was %s), loaded in %.1fs",
             os.getpid(),

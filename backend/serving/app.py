@@ -122,6 +122,7 @@ def create_app(settings: Settings, weights: Path, service: PredictionService | N
             model_version=version,
             model_loaded=service.loaded,
             served=service.served,  # the artifact, runtime and precision choice (and why)
+            reload_error=service.watcher.error if service.watcher else None,  # champion not served
             pid=os.getpid(),  # which worker answered: each swaps on its own
         )
 
@@ -130,8 +131,10 @@ def create_app(settings: Settings, weights: Path, service: PredictionService | N
     def setup() -> Response:
         data = _body()
         project = data.get("project")
-        if project is not None and not isinstance(project, str | int):
-            raise LabelloopError("'project' must be a string or a number", ErrorKind.REJECTED)
+        if project is not None and (isinstance(project, bool) or not isinstance(project, str | int)):
+            raise LabelloopError("'project' must be a string or an integer", ErrorKind.REJECTED)
+        for key in ("schema", "model_version"):  # unused here (/setup loads no model), still typed
+            _text(data, key)
         version = service.setup(project, _text(data, "hostname"), _text(data, "access_token"))
         return jsonify(model_version=version)
 

@@ -24,10 +24,13 @@ def _json(schema: dict[str, Any], description: str = "ok") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+# Label Studio sends "<id>.<created timestamp>"; a bare id is taken too; null is the same as absent
+_PROJECT = {"anyOf": [{"type": "string", "nullable": True}, {"type": "integer"}], "example": "3.1700000000"}
+_NULLABLE_TEXT = {"type": "string", "nullable": True}
 _TASK = {
     "type": "object",
     "properties": {
-        "id": {"type": "integer"},
+        "id": {"description": "Label Studio's task id (an integer); results come back in task order"},
         "data": {
             "type": "object",
             "additionalProperties": True,
@@ -52,6 +55,11 @@ _HEALTH = _json(
             "model_class": {"type": "string"},
             "model_version": {"type": "string"},
             "model_loaded": {"type": "boolean"},
+            "reload_error": {
+                "type": "string",
+                "nullable": True,
+                "description": "why the model line's champion is not the model served (it would not load)",
+            },
             "pid": {"type": "integer"},
         },
     },
@@ -91,11 +99,11 @@ def openapi_document(version: str, auth: tuple[str, ...] = ()) -> dict[str, Any]
                                 "schema": {
                                     "type": "object",
                                     "properties": {
-                                        "project": {"type": "string", "example": "3.1700000000"},
-                                        "schema": {"type": "string"},
-                                        "hostname": {"type": "string", "example": "http://localhost:8080"},
-                                        "access_token": {"type": "string"},
-                                        "model_version": {"type": "string"},
+                                        "project": _PROJECT,
+                                        "schema": _NULLABLE_TEXT,
+                                        "hostname": {**_NULLABLE_TEXT, "example": "http://localhost:8080"},
+                                        "access_token": _NULLABLE_TEXT,
+                                        "model_version": _NULLABLE_TEXT,
                                     },
                                 }
                             }
@@ -118,10 +126,10 @@ def openapi_document(version: str, auth: tuple[str, ...] = ()) -> dict[str, Any]
                                     "type": "object",
                                     "required": ["tasks"],
                                     "properties": {
-                                        "tasks": {"type": "array", "items": _TASK, "maxItems": 50},
-                                        "project": {"type": "string"},
-                                        "label_config": {"type": "string"},
-                                        "params": {"type": "object"},
+                                        "tasks": {"type": "array", "items": _TASK},
+                                        "project": _PROJECT,
+                                        "label_config": _NULLABLE_TEXT,
+                                        "params": {"type": "object", "nullable": True},
                                     },
                                 }
                             }
