@@ -231,7 +231,7 @@ class PseudoSettings(Section):
     t_loc: float = Field(0.8, ge=0, le=1, description="minimum TTA box stability (IoU) of a kept box")
     w_pseudo: float = Field(0.3, gt=0, le=1, description="training weight of a pseudo image vs a human one")
     after_promotion: bool = Field(
-        False, description="after a retrain job promotes a champion, pseudo-label the store's unlabeled images"
+        False, description="after a retrain promotes a champion, pseudo-label the store's unlabeled images"
     )
     env_names: ClassVar[dict[str, str]] = {"w_pseudo": "LABELLOOP_PSEUDO_WEIGHT"}
 
