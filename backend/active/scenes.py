@@ -86,7 +86,7 @@ def _clutter(rng: np.random.Generator, draw: ImageDraw.ImageDraw, size: int) -> 
 
 
 def render_scene(
-    rng: np.random.Generator, size: int = 256
+    rng: np.random.Generator, size: int = 256, classes: int = len(CLASSES)
 ) -> tuple[Image.Image, list[tuple[int, tuple[float, ...]]], str]:
     """One scene: the image, its objects as (class, (x1, y1, x2, y2) in pixels), and its kind."""
     kind = str(rng.choice([k for k, _ in KINDS], p=[p for _, p in KINDS]))
@@ -98,7 +98,8 @@ def render_scene(
     lo, hi = (0.06, 0.16) if kind == "hard" else (0.1, 0.3)
     objects: list[tuple[int, tuple[float, ...]]] = []
     for _ in range(n):
-        cls = int(rng.choice(len(CLASSES), p=CLASS_P))
+        p_cls = np.array(CLASS_P[:classes]) / sum(CLASS_P[:classes])
+        cls = int(rng.choice(classes, p=p_cls))
         s = float(rng.uniform(lo, hi) * size)
         cx, cy = (float(v) for v in rng.uniform(s / 2, size - s / 2, 2))
         if kind == "hard":  # low contrast: close to the background
@@ -126,9 +127,11 @@ def write_scenes(
     *,
     size: int = 256,
     seed: int = 0,
+    classes: int = len(CLASSES),
     progress: Callable[[int], None] | None = None,
 ) -> Path:
-    """An Ultralytics detect dataset of scenes under ``root`` (``kinds.txt`` says each image's kind);
+    """An Ultralytics detect dataset of scenes under ``root`` (``kinds.txt`` says each image's kind)
+    with the first ``classes`` classes (3: the demo model's, so its class head carries over);
     returns its data.yaml."""
     rng = np.random.default_rng(seed)
     kinds: list[str] = []
@@ -136,7 +139,7 @@ def write_scenes(
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         (root / "labels" / split).mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            img, objects, kind = render_scene(rng, size)
+            img, objects, kind = render_scene(rng, size, classes)
             img.save(root / "images" / split / f"{i:05d}.jpg", quality=90)
             lines = [
                 f"{c} {(x1 + x2) / 2 / size:.6f} {(y1 + y2) / 2 / size:.6f} {(x2 - x1) / size:.6f} "
@@ -148,7 +151,7 @@ def write_scenes(
             if progress is not None:
                 progress(1)
     (root / "kinds.txt").write_text("\n".join(kinds) + "\n")
-    names = "\n".join(f"  {i}: {c}" for i, c in enumerate(CLASSES))
+    names = "\n".join(f"  {i}: {c}" for i, c in enumerate(CLASSES[:classes]))
     data = root / "data.yaml"
     data.write_text(f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
     return data

@@ -245,8 +245,13 @@ class SimConfig:
     epochs: int = 3
     imgsz: int = 160
     variants: list[Variant] = field(default_factory=lambda: [Variant()])
+    # the recipe's learning rates times this: they are sized for fine-tuning on hundreds of new
+    # labels; at CPU simulation sizes (tens of iterations a round) x1 leaves the base almost as is
+    lr_scale: float = 1.0
 
     def check(self, pool: int) -> None:
+        if not 0.0 < self.lr_scale <= 100.0:
+            raise ConfigError(f"--lr-scale {self.lr_scale} must be in (0, 100]")
         if self.rounds < 1 or self.seeds < 1 or self.budget < 1 or self.initial < 1 or self.epochs < 1:
             raise ConfigError("--rounds, --seeds, --budget, --initial and --epochs must be at least 1")
         need = self.initial + (self.rounds - 1) * self.budget
@@ -340,7 +345,8 @@ class Simulation:
         )
         self.device = pick_device(settings.train.device)
         recipe = make_recipe(settings.train, epochs=cfg.epochs, imgsz=cfg.imgsz)
-        self.recipe = replace(recipe, common={**recipe.common, "val": False})
+        stages = tuple(replace(st, lr0=st.lr0 * cfg.lr_scale) for st in recipe.stages)
+        self.recipe = replace(recipe, stages=stages, common={**recipe.common, "val": False})
         self.shas = [sha256_bytes(p.read_bytes()) for p in data.train]
         config = {**asdict(cfg), "base": str(self.base), "pool": [str(p) for p in data.train]}
         self.state = _State(self.out, config)

@@ -29,6 +29,14 @@ def simulate_cmd(
     initial: Annotated[int, typer.Option(min=1, help="random labeled images to start from")] = 20,
     epochs: Annotated[int, typer.Option(min=1, help="per round (CPU-sized; 20-50 on a GPU)")] = 3,
     imgsz: Annotated[int, typer.Option(min=32)] = 160,
+    lr_scale: Annotated[
+        float,
+        typer.Option(
+            "--lr-scale",
+            help="the recipe's lr0 times this (1 on a GPU with real epochs; ~10 for CPU-sized rounds, "
+            "where x1 leaves the base weights almost unchanged)",
+        ),
+    ] = 1.0,
     val: Annotated[Path | None, typer.Option("--val", help="COCO input: val's COCO JSON")] = None,
     images: Annotated[Path | None, typer.Option("--images", help="COCO input: image root")] = None,
     pseudo: Annotated[
@@ -74,7 +82,7 @@ def simulate_cmd(
     if not base_weights.is_file():
         raise ConfigError(f"--base-weights {base_weights} does not exist")
     out.mkdir(parents=True, exist_ok=True)
-    cfg = SimConfig(names, seeds, rounds, budget, initial, epochs, imgsz, variants)
+    cfg = SimConfig(names, seeds, rounds, budget, initial, epochs, imgsz, variants, lr_scale)
     sim = Simulation(settings, load_data(data, out, val=val, images=images), base_weights, cfg, out)
     with progress_bar("simulate", sim.steps()) as advance:
         sim.run(lambda _msg: advance(1))
