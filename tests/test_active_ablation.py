@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from labelloop.backend.active import knn
 from labelloop.backend.active import strategies as st
 from labelloop.backend.active.oracle import effort_figures, total_effort
-from labelloop.backend.active.simulate import HUMAN, Variant, ablations
+from labelloop.backend.active.simulate import HUMAN, SimConfig, Variant, ablations
 from labelloop.backend.inference.demo_model import write_shapes_dataset
 from labelloop.cli.common import app
 from labelloop.errors import ConfigError
@@ -64,6 +64,8 @@ def test_ablations_vary_one_factor_at_a_time_around_the_settings() -> None:
         app, ["simulate", "--data", "x", "--base-weights", "y", "--out", "z", "--t-cls", "0.8,x"]
     )
     assert isinstance(res.exception, ConfigError) and "--t-cls" in str(res.exception)
+    with pytest.raises(ConfigError, match="--lr-scale"):
+        SimConfig(["random"], lr_scale=0.0).check(100)
 
 
 def test_approximate_search_above_the_exact_limit_finds_near_neighbours() -> None:

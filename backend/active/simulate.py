@@ -20,6 +20,16 @@ Choices, and why:
   the same model), and the last round selects nothing.
 - Resumable: every finished round is appended to ``rounds.jsonl`` with the images it added; a rerun
   with the same arguments and ``out`` continues after the last finished round.
+- Prelabel effort per round (:mod:`.oracle`): the round's model prelabels the images it selects
+  (what annotators get next) and val; the share of their true boxes it already matches (IoU >= 0.5,
+  same class) and the edits left (add, delete, fix class, fix geometry) go into every record.
+- Pseudo-label ablations (:class:`Variant`, :func:`ablations`): a variant's round r >= 1 also
+  trains on the previous round's model's kept pseudo-labels (:func:`.pseudo.keep`) of the pool
+  images not labeled yet, weighted by sampling (:func:`.sample_weights.weighted_list`). Pseudo
+  label files live under the round's work dir and only in its train list; val is the dataset's
+  fixed human split. Round 0 (human labels only) is shared by all variants of a strategy.
+- ``lr_scale`` multiplies the recipe's learning rates: they suit fine-tuning on hundreds of labels
+  for tens of epochs; CPU-sized rounds (tens of iterations) at x1 leave the base almost unchanged.
 
 Inputs: an Ultralytics ``data.yaml`` (train and val as folders, list files or images; labels where
 Ultralytics looks for them, ``/images/`` -> ``/labels/``), or a COCO JSON for the pool plus one for
