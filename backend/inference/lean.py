@@ -1,5 +1,5 @@
-"""The lean CPU runtime: ONNX (fp32/INT8) and OpenVINO IR detect, pose and obb models served with
-neither torch nor Ultralytics imported (their import alone is ~550 MB of a worker's RSS).
+"""The lean CPU runtime: ONNX (fp32/INT8) and OpenVINO IR detect, pose, obb and classify models
+served with neither torch nor Ultralytics imported (their import alone is ~550 MB of a worker's RSS).
 
 ``predict.runtime = "lean"`` (LABELLOOP_RUNTIME=lean) asks for it; ``auto`` picks it for an exported
 .onnx file or OpenVINO IR dir of such a model on the CPU (``wanted``). It does what Ultralytics'
@@ -14,12 +14,15 @@ class vector of each kept box, ``max_candidate``), so the predictor builds the s
 
 Pose: the head's keypoint channels of each kept box, scaled like Ultralytics' scale_coords (clipped).
 OBB: boxes stay xywh + the angle channel, NMS is Ultralytics' rotated fast NMS (probiou, a box is
-dropped when any higher-scored one overlaps it), boxes scaled without clipping.
+dropped when any higher-scored one overlaps it), boxes scaled without clipping. Classify: the
+host half of Ultralytics' classify_transforms (``classify_crop``), the softmax the export outputs.
+Segment: each kept box's 32 mask coefficients times the prototypes (the second output), upsampled,
+cropped to the box and traced as Ultralytics does (``instance_masks``, ``mask_outlines``).
 
 Class names, task, imgsz, stride and the keypoint shape come from the ONNX metadata_props Ultralytics
-writes, or from an OpenVINO IR dir's ``metadata.yaml``. YOLOv8-style heads only: segment, classify,
-an end-to-end head (YOLO26/YOLOv10 or an nms=True export: [1, max_det, 6]) and .pt weights (which
-need a torch export first) are served by the current runtime, said in one log line.
+writes, or from an OpenVINO IR dir's ``metadata.yaml``. YOLOv8-style heads only: an end-to-end
+head (YOLO26/YOLOv10 or an nms=True export: [1, max_det, 6]) and .pt weights (which need a torch
+export first) are served by the current runtime, said in one log line.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ from labelloop.settings import PredictSettings
 
 log = logging.getLogger(__name__)
 
-LEAN_TASKS = ("detect", "pose", "obb")
+LEAN_TASKS = ("detect", "segment", "pose", "obb", "classify")
+MASK_COEFFS = 32  # YOLOv8 segment heads: mask coefficients per box, prototypes per image
 PAD = 114
 MAX_WH = 7680  # Ultralytics' per-class box offset for class-aware NMS
 MAX_NMS = 30000
@@ -62,9 +66,12 @@ class ModelMeta:
 
     @property
     def extra(self) -> int:
-        """Head channels after the class scores: keypoints (pose), the angle (obb), none (detect)."""
+        """Head channels after the class scores: keypoints (pose), the angle (obb), mask coefficients
+        (segment), none (detect)."""
         if self.task == "pose" and self.kpt_shape:
             return self.kpt_shape[0] * self.kpt_shape[1]
+        if self.task == "segment":
+            return MASK_COEFFS
         return 1 if self.task == "obb" else 0
 
 
@@ -133,6 +140,22 @@ def letterbox(
     top, bottom = round(dh - 0.1), round(dh + 0.1)
     left, right = round(dw - 0.1), round(dw + 0.1)
     return cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD,) * 3)
+
+
+def classify_crop(image_bgr: np.ndarray, size: int) -> np.ndarray:
+    """Ultralytics' classify_transforms on the host, with PIL as torchvision uses it: the shortest
+    edge resized to ``size`` (bilinear, the long edge truncated), then the centre ``size`` crop."""
+    from PIL import Image
+
+    im = Image.fromarray(image_bgr)  # channel order does not matter to a resize
+    w, h = im.size
+    if min(w, h) != size:
+        short, long = min(w, h), max(w, h)
+        new = (size, int(size * long / short)) if w <= h else (int(size * long / short), size)
+        im = im.resize(new, Image.BILINEAR)
+        w, h = new
+    top, left = round((h - size) / 2.0), round((w - size) / 2.0)
+    return np.asarray(im.crop((left, top, left + size, top + size)))
 
 
 def to_input(letterboxed_bgr: np.ndarray) -> np.ndarray:
@@ -227,6 +250,72 @@ def nms_rotated(boxes: np.ndarray, scores: np.ndarray, iou: float, max_det: int)
     return order[(ious > iou).sum(0) <= 0][:max_det]
 
 
+def instance_masks(
+    protos: np.ndarray, coeffs: np.ndarray, boxes: np.ndarray, input_hw: tuple[int, int]
+) -> np.ndarray:
+    """Ultralytics' process_mask(upsample=True): coefficients x prototypes, bilinear upsample to the
+    input (align_corners False, as cv2's), > 0, zeroed outside each box: (n, h, w) uint8."""
+    import cv2
+
+    c, mh, mw = protos.shape
+    h, w = input_hw
+    if not len(coeffs):
+        return np.zeros((0, h, w), np.uint8)
+    low = (coeffs.astype(np.float32) @ protos.reshape(c, -1).astype(np.float32)).reshape(-1, mh, mw)
+    masks = np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m in low]) > 0
+    cols, rows = np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)
+    for m, (x1, y1, x2, y2) in zip(masks, boxes, strict=True):
+        m &= ((cols >= x1) & (cols < x2))[None, :] & ((rows >= y1) & (rows < y2))[:, None]
+    return masks.astype(np.uint8)
+
+
+def mask_outlines(masks: np.ndarray) -> list[np.ndarray]:
+    """Ultralytics' masks2segments(strategy="all"): each mask's external contours, several merged
+    into one outline at their closest points (its merge_multi_segment), float32 (k, 2)."""
+    import cv2
+
+    out = []
+    for m in np.ascontiguousarray(masks):
+        found = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+        if not found:
+            out.append(np.zeros((0, 2), np.float32))
+        elif len(found) == 1:
+            out.append(found[0].reshape(-1, 2).astype(np.float32))
+        else:
+            merged = _merge_segments([c.reshape(-1, 2) for c in found])
+            out.append(np.concatenate(merged).astype(np.float32))
+    return out
+
+
+def _merge_segments(segments: list[np.ndarray]) -> list[np.ndarray]:
+    """Ultralytics' data.converter.merge_multi_segment, in its order (segments joined by a thin
+    line between their closest points, walked forward then back)."""
+    segs = [np.asarray(s).reshape(-1, 2) for s in segments]
+    idx_list: list[list[int]] = [[] for _ in segs]
+    for i in range(1, len(segs)):
+        d = ((segs[i - 1][:, None, :] - segs[i][None, :, :]) ** 2).sum(-1)
+        i1, i2 = np.unravel_index(np.argmin(d, axis=None), d.shape)
+        idx_list[i - 1].append(int(i1))
+        idx_list[i].append(int(i2))
+    out: list[np.ndarray] = []
+    last = len(idx_list) - 1
+    for i, idx in enumerate(idx_list):
+        if len(idx) == 2 and idx[0] > idx[1]:
+            idx = [len(segs[i]) - 1 - x for x in idx]
+            segs[i] = segs[i][::-1, :]
+        segs[i] = np.roll(segs[i], -idx[0], axis=0)
+        segs[i] = np.concatenate([segs[i], segs[i][:1]])
+        if i in {0, last}:
+            out.append(segs[i])
+        else:
+            out.append(segs[i][0 : idx[1] - idx[0] + 1])
+    for i in range(last, -1, -1):
+        if i not in {0, last}:
+            idx = idx_list[i]
+            out.append(segs[i][abs(idx[1] - idx[0]) :])
+    return out
+
+
 @dataclass
 class LeanBoxes:
     xyxy: np.ndarray  # (n, 4) float32, original image pixels
@@ -253,6 +342,16 @@ class LeanKeypoints:
 
 
 @dataclass
+class LeanMasks:
+    xy: list[np.ndarray]  # per kept box: its mask outline (k, 2) in original pixels
+
+
+@dataclass
+class LeanProbs:
+    data: np.ndarray  # (nc,) the classifier's softmax
+
+
+@dataclass
 class LeanResult:
     """Shaped like the parts of an Ultralytics Results that ``result_to_regions`` reads."""
 
@@ -261,6 +360,8 @@ class LeanResult:
     max_candidate: float | None
     obb: LeanRotated | None = None
     keypoints: LeanKeypoints | None = None
+    probs: LeanProbs | None = None
+    masks: LeanMasks | None = None
 
 
 def decode(
@@ -271,9 +372,11 @@ def decode(
     conf: float,
     iou: float,
     max_det: int,
+    protos: np.ndarray | None = None,
 ) -> LeanResult:
     """One image's YOLOv8-style head output (4+nc+extra, N) -> kept detections in original pixels:
-    boxes (detect), boxes and keypoints (pose), rotated boxes (obb)."""
+    boxes (detect), boxes and keypoints (pose), rotated boxes (obb), boxes and mask outlines
+    (segment, with its ``protos`` (32, h/4, w/4))."""
     raw = np.asarray(raw, dtype=np.float32)
     nc = len(meta.names)
     scores = raw[4 : 4 + nc]  # (nc, N)
@@ -311,6 +414,10 @@ def decode(
         feats=scores[:, idx[keep]].T.astype(np.float32),
         max_candidate=max_candidate,
     )
+    if meta.task == "segment" and protos is not None:
+        coeffs = raw[4 + nc : 4 + nc + MASK_COEFFS, idx[keep]].T
+        masks = instance_masks(protos, coeffs, xyxy[keep], input_hw)
+        result.masks = LeanMasks([scale_points(seg, input_hw, orig_hw) for seg in mask_outlines(masks)])
     if meta.task == "pose" and meta.kpt_shape:
         kpts = raw[4 + nc : 4 + nc + meta.extra, idx[keep]].T.reshape(len(keep), *meta.kpt_shape)
         result.keypoints = LeanKeypoints(scale_points(kpts, input_hw, orig_hw).astype(np.float32))
@@ -349,10 +456,11 @@ class _OnnxModel:
     def stream(self) -> Iterator[Any]:
         yield self
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every output: the head's, and the mask prototypes of a segment model."""
         if self.half:
             x = x.astype(np.float16)
-        return np.asarray(self.session.run(None, {self.input_name: x})[0])
+        return [np.asarray(o) for o in self.session.run(None, {self.input_name: x})]
 
 
 class _OpenVinoModel:
@@ -378,7 +486,7 @@ class _OpenVinoModel:
     def stream(self) -> Iterator[Any]:
         req = self._requests.get()
         try:
-            yield lambda x: req.infer({0: x})[self._out].copy()
+            yield lambda x: [v.copy() for v in req.infer({0: x}).values()]
         finally:
             self._requests.put(req)
 
@@ -417,9 +525,16 @@ class LeanRuntime:
         out = []
         with self.model.stream() as forward:
             for im in images_bgr:
+                if self.task == "classify":
+                    p = np.asarray(forward(to_input(classify_crop(im, target[0])))[0], np.float32)[0]
+                    out.append(LeanResult(None, p[None], float(p.max()), probs=LeanProbs(p)))
+                    continue
                 lb = letterbox(im, target, auto=fixed is None, stride=self.meta.stride)
-                raw = forward(to_input(lb))
-                out.append(decode(raw[0], self.meta, lb.shape[:2], im.shape[:2], conf, iou, max_det))
+                outs = forward(to_input(lb))
+                protos = outs[1][0] if self.task == "segment" and len(outs) > 1 else None
+                out.append(
+                    decode(outs[0][0], self.meta, lb.shape[:2], im.shape[:2], conf, iou, max_det, protos)
+                )
         return out
 
 
