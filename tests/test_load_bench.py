@@ -27,6 +27,7 @@ def test_load_smoke(backend_factory, tmp_path: Path) -> None:  # type: ignore[no
     big = r["big"]
     assert big["big_predict"]["status"] == 200 and big["big_predict"]["results"] == 150
     assert big["health"]["requests"] > 0 and big["health"]["over_budget"] == 0
+    assert big["rss_mb_peak"] and all(mb > 50 for mb in big["rss_mb_peak"].values())  # sampled during it
     assert r["ok"]
     from labelloop.bench.reliability import write_report
 

@@ -192,12 +192,49 @@ def _worker_rss_mb(backend_pid: int | None) -> dict[str, float]:
     return out
 
 
+def _warm(url: str, image_urls: list[str], workers: int) -> None:
+    """A few single-task /predict calls first, so no level measures a worker's first predict
+    (seconds on a busy host: first image, first forward)."""
+    import requests
+
+    for i in range(2 * workers):
+        body = {
+            "tasks": [{"id": i, "data": {"image": image_urls[i % len(image_urls)]}}],
+            "label_config": LABEL_CONFIG,
+        }
+        requests.post(f"{url}/predict", json=body, timeout=300).raise_for_status()
+
+
+class _PeakRss:
+    """The largest RSS of each backend process, sampled every ``every_s`` in a thread."""
+
+    def __init__(self, backend_pid: int | None, every_s: float = 0.5) -> None:
+        import threading
+
+        self.pid, self.every_s, self.mb = backend_pid, every_s, dict[str, float]()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            for pid, mb in _worker_rss_mb(self.pid).items():
+                self.mb[pid] = max(mb, self.mb.get(pid, 0.0))
+
+    def __enter__(self) -> _PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
 def bench_load(
     out: Path,
     *,
     levels: tuple[int, ...] = (1, 8, 32),
     duration_s: float = 20.0,
-    big_tasks: int = 3000,
+    big_tasks: int = 10_000,
     probes: int = 4,
     workers: int = 2,
     n_images: int = 32,
@@ -254,6 +291,7 @@ def bench_load(
             url, backend_pid = backend.url, backend.proc.pid if backend.proc else None
         image_urls = [f"http://127.0.0.1:{port}/{n}" for n in names]
         base = {"url": url, "image_urls": image_urls}
+        _warm(url, image_urls, workers)
         rss_before = _worker_rss_mb(backend_pid)
         levels_out = []
         for users in levels:
@@ -262,7 +300,9 @@ def bench_load(
             levels_out[-1]["rss_mb_after"] = _worker_rss_mb(backend_pid)  # bounded, or growing?
         big_timeout = 900.0
         spec = {**base, "kind": "big", "big_tasks": big_tasks, "probes": probes, "big_timeout_s": big_timeout}
-        big = _run_phase(spec, timeout=big_timeout + 120)
+        with _PeakRss(backend_pid) as peak:  # sampled while the big /predict runs
+            big = _run_phase(spec, timeout=big_timeout + 120)
+        big["rss_mb_peak"] = peak.mb
         rss_after = _worker_rss_mb(backend_pid)
     finally:
         if backend is not None:
@@ -327,7 +367,10 @@ def _print(r: dict[str, Any], out: Path) -> None:
         f"over 3 s {b['setup']['over_budget']}/{b['setup']['requests']}"
     )
     rss = r["worker_rss_mb"]
-    c.print(f"backend processes' RSS MB before {rss['before']} after {rss['after']} -> {out}")
+    c.print(
+        f"backend processes' RSS MB before {rss['before']}, largest during the big /predict "
+        f"{b.get('rss_mb_peak')}, after {rss['after']} -> {out}"
+    )
 
 
 if __name__ == "__main__":  # the locust child: python -m labelloop.bench.load '<spec json>'

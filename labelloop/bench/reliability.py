@@ -230,6 +230,8 @@ def _load_section(r: dict[str, Any] | None, src: Path) -> list[str]:
             + ", ".join(f"{u} clients {max(m.values()):.0f}" for u, m in per_level)
             + ".",
         ]
+    if b.get("rss_mb_peak"):
+        out += ["", f"Largest RSS (MB) of each backend process during the big /predict: {b['rss_mb_peak']}."]
     rss = r.get("worker_rss_mb", {})
     if rss.get("before"):
         before, after = rss["before"], rss["after"]

@@ -137,7 +137,7 @@ def bench_load(
     ] = "1,8,32",
     big_tasks: Annotated[
         int, typer.Option(help="tasks in the large /predict during which /health is probed")
-    ] = 3000,
+    ] = 10_000,
     workers: Annotated[int, typer.Option(help="gunicorn workers of the backend")] = 2,
     out: Annotated[Path, typer.Option(help="JSON results")] = Path("bench-results/load.json"),
 ) -> None:
