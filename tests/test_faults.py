@@ -212,7 +212,8 @@ def test_gunicorn_worker_sigkilled_under_load_is_replaced(backend_factory, tmp_p
     boots = b.log_path.read_text().count("Booting worker")
     victim = min(pids)
     with Load(b.url, paths, clients=4) as load:
-        time.sleep(3)
+        # load on both workers first (a worker's first predict takes seconds on a busy host)
+        wait_for(lambda: load.counts()["200"] >= 8, 120, 0.2, what="answers before the kill")
         os.kill(victim, signal.SIGKILL)
         killed = time.monotonic()
         new = wait_for(
