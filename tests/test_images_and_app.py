@@ -136,6 +136,8 @@ def test_setup_is_cheap_and_bad_requests_get_clear_errors(demo_weights: Path, tm
     assert c.get("/versions").json["versions"] == [r.json["model_version"]]
     assert c.post("/predict", data="{not json").status_code == 400
     assert "'tasks' must be a list" in c.post("/predict", json={"tasks": "x"}).json["error"]
+    no_bool = c.post("/predict", json={"tasks": [], "project": True})  # JSON true is no project id
+    assert no_bool.status_code == 400 and "'project' must be" in no_bool.json["error"]
     bad_cfg = c.post(
         "/predict", json={"tasks": [{"id": 1, "data": {"image": "x"}}], "label_config": "<View>"}
     )

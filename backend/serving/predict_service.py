@@ -75,7 +75,7 @@ class PredictRequest:
         if not isinstance(label_config, str):
             raise LabelloopError("'label_config' must be a string (the project's XML)", ErrorKind.REJECTED)
         project = body.get("project")
-        if project is not None and not isinstance(project, str | int):
+        if project is not None and (isinstance(project, bool) or not isinstance(project, str | int)):
             raise LabelloopError("'project' must be a string or a number", ErrorKind.REJECTED)
         return cls(tasks, label_config, "" if project is None else str(project))
 
