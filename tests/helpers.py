@@ -7,6 +7,14 @@ from pathlib import Path
 
 from labelloop.backend.serving.gunicorn import BackendProcess  # noqa: F401 - re-exported for the tests
 
+# the demo model's three classes as a Label Studio rectangle config, for backends under test
+SHAPES_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <RectangleLabels name="label" toName="image">
+    <Label value="circle"/><Label value="square"/><Label value="triangle"/>
+  </RectangleLabels>
+</View>"""
+
 
 def redis_or_fail(url: str = "redis://127.0.0.1:6379/0") -> str:
     from redis import Redis

@@ -21,14 +21,7 @@ import requests
 from labelloop.backend.registry import lines, tracking
 from labelloop.procs import free_port
 from labelloop.settings import Settings
-from tests.helpers import BackendProcess, shape_images, wait_for
-
-CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <RectangleLabels name="label" toName="image">
-    <Label value="circle"/><Label value="square"/><Label value="triangle"/>
-  </RectangleLabels>
-</View>"""
+from tests.helpers import SHAPES_CONFIG, BackendProcess, shape_images, wait_for
 
 
 @pytest.fixture
@@ -138,7 +131,7 @@ class Hammer:
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
     def _run(self) -> None:
-        body = {"tasks": [{"id": 1, "data": {"image": str(self.image)}}], "label_config": CONFIG}
+        body = {"tasks": [{"id": 1, "data": {"image": str(self.image)}}], "label_config": SHAPES_CONFIG}
         while not self._stop.is_set():
             try:
                 r = requests.post(f"{self.url}/predict", json=body, timeout=30)
@@ -224,7 +217,7 @@ def test_poll_fallback_without_redis_and_a_corrupt_champion_keeps_the_old_model(
     image = shape_images(tmp_path / "img", 1, size=64)[0]
     r = requests.post(
         f"{b.url}/predict",
-        json={"tasks": [{"id": 1, "data": {"image": str(image)}}], "label_config": CONFIG},
+        json={"tasks": [{"id": 1, "data": {"image": str(image)}}], "label_config": SHAPES_CONFIG},
         timeout=60,
     )
     assert r.status_code == 200 and r.json()["model_version"] == f"{line}-v2"
@@ -252,7 +245,7 @@ def test_label_studio_project_follows_the_champion_and_is_reprelabelled(
 
     h = ls.headers()
     r = requests.post(
-        f"{ls.url}/api/projects", headers=h, json={"title": "hot reload", "label_config": CONFIG}
+        f"{ls.url}/api/projects", headers=h, json={"title": "hot reload", "label_config": SHAPES_CONFIG}
     )
     assert r.status_code == 201, r.text
     project = int(r.json()["id"])

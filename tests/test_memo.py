@@ -20,16 +20,10 @@ from redis import Redis
 from labelloop.backend.serving.predict_service import PredictionService
 from labelloop.procs import free_port
 from labelloop.settings import Settings, load_settings
-from tests.helpers import BackendProcess, shape_images
+from tests.helpers import SHAPES_CONFIG, BackendProcess, shape_images
 
 IMGSZ = 320
 DISTINCT = 6
-CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <RectangleLabels name="label" toName="image">
-    <Label value="circle"/><Label value="square"/><Label value="triangle"/>
-  </RectangleLabels>
-</View>"""
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +48,7 @@ def _counter(url: str, name: str) -> float:
 
 
 def _predict(url: str, tasks: list[dict]) -> list[dict]:
-    r = requests.post(f"{url}/predict", json={"tasks": tasks, "label_config": CONFIG}, timeout=120)
+    r = requests.post(f"{url}/predict", json={"tasks": tasks, "label_config": SHAPES_CONFIG}, timeout=120)
     assert r.status_code == 200, r.text
     results = r.json()["results"]
     assert len(results) == len(tasks)
@@ -123,17 +117,17 @@ def test_another_model_version_or_threshold_misses_the_memo(
     onnx_model: Path, pool: tuple[Path, list[dict]], memo_settings: Settings, tmp_path: Path
 ) -> None:
     _, tasks = pool
-    base = _service(memo_settings, onnx_model).predict_tasks(tasks, CONFIG)
+    base = _service(memo_settings, onnx_model).predict_tasks(tasks, SHAPES_CONFIG)
     assert (base.memo.forwards, base.memo.hits) == (DISTINCT, DISTINCT)
-    again = _service(memo_settings, onnx_model).predict_tasks(tasks, CONFIG)
+    again = _service(memo_settings, onnx_model).predict_tasks(tasks, SHAPES_CONFIG)
     assert (again.memo.forwards, again.memo.hits) == (0, len(tasks))
     assert _regions(again.results) == _regions(base.results)  # type: ignore[arg-type]
-    stricter = _service(memo_settings.with_(conf=0.5), onnx_model).predict_tasks(tasks, CONFIG)
+    stricter = _service(memo_settings.with_(conf=0.5), onnx_model).predict_tasks(tasks, SHAPES_CONFIG)
     assert stricter.memo.forwards == DISTINCT
     other = tmp_path / "other.onnx"
     shutil.copyfile(onnx_model, other)
     Path(f"{other}.version").write_text("other-v2")
-    renamed = _service(memo_settings, other).predict_tasks(tasks, CONFIG)
+    renamed = _service(memo_settings, other).predict_tasks(tasks, SHAPES_CONFIG)
     assert renamed.memo.forwards == DISTINCT and renamed.model_version == "other-v2"
 
 
@@ -141,12 +135,12 @@ def test_redis_down_predicts_without_the_memo(
     onnx_model: Path, pool: tuple[Path, list[dict]], memo_settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     _, tasks = pool
-    up = _service(memo_settings, onnx_model).predict_tasks(tasks, CONFIG)
+    up = _service(memo_settings, onnx_model).predict_tasks(tasks, SHAPES_CONFIG)
     down_settings = memo_settings.with_(redis_url=f"redis://127.0.0.1:{free_port()}/0")
     caplog.set_level("WARNING")
     down = _service(down_settings, onnx_model)
     for _ in range(2):
-        report = down.predict_tasks(tasks, CONFIG)
+        report = down.predict_tasks(tasks, SHAPES_CONFIG)
         assert report.predicted == len(tasks) and report.memo.forwards == DISTINCT
         assert _regions(report.results) == _regions(up.results)  # type: ignore[arg-type]
     said = [r for r in caplog.records if "result memo" in r.getMessage()]
@@ -158,7 +152,7 @@ def test_the_memo_is_bounded(
 ) -> None:
     _, tasks = pool
     settings = memo_settings.with_(memo_entries=4)
-    _service(settings, onnx_model).predict_tasks(tasks, CONFIG)
+    _service(settings, onnx_model).predict_tasks(tasks, SHAPES_CONFIG)
     r = Redis.from_url(settings.queue.redis_url)
     prefix = settings.queue.prefix
     assert r.zcard(f"{prefix}:memo:index") == 4

@@ -20,7 +20,7 @@ from labelloop.backend.inference.precision import Candidate, choose, cpu_has_bf1
 from labelloop.backend.registry import exports, lines
 from labelloop.backend.serving.predict_service import PredictionService
 from labelloop.settings import Settings
-from tests.helpers import shape_images
+from tests.helpers import SHAPES_CONFIG, shape_images
 from tests.test_hot_reload import add_version
 from tests.training_fixtures import shapes_version, training_settings
 
@@ -81,7 +81,7 @@ def test_a_passing_int8_is_served_and_said(registry: tuple[Settings, Path, str],
     assert served["precision"]["precision"] == "int8" and served["runtime"] == "lean"
     report = service.predict_tasks(
         [{"id": i, "data": {"image": str(f)}} for i, f in enumerate(shape_images(tmp_path, 2, size=GOOD))],
-        _CONFIG,
+        SHAPES_CONFIG,
     )
     assert report.predicted == 2
 
@@ -144,11 +144,3 @@ def test_choice_order_and_gate_rules() -> None:
     assert "--calibration VERSION" in unverified.refused[0]
     assert choose([_cand("onnx-int8", 0.5)]).candidate is None
     assert choose([_cand("onnx", None)], imgsz=640).candidate is None
-
-
-_CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <RectangleLabels name="label" toName="image">
-    <Label value="circle"/><Label value="square"/><Label value="triangle"/>
-  </RectangleLabels>
-</View>"""
