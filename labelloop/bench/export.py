@@ -22,20 +22,27 @@ from labelloop.settings import Settings
 console = Console()
 
 
+def bench_images(work: Path, n: int) -> tuple[Path, list[Path], list[np.ndarray]]:
+    """The export and runtime benchmarks' images: a shapes dataset of ``n`` train (calibration) and
+    ``n`` val images of 640 px under ``work``, and its val images, as files and decoded once."""
+    from labelloop.backend.inference.demo_model import write_shapes_dataset
+
+    data = work / "shapes"
+    write_shapes_dataset(data, n_train=n, n_val=n, size=640, seed=11)
+    paths = sorted((data / "images" / "val").iterdir())
+    return data, paths, [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+
+
 def bench_export(
     settings: Settings, out: Path, *, images: int = 32, sizes: tuple[int, ...] = (320, 640), repeats: int = 3
 ) -> dict[str, Any]:
-    from labelloop.backend.inference.demo_model import write_shapes_dataset
     from labelloop.backend.inference.export import FORMATS, export_model
     from labelloop.backend.inference.predictor import Predictor
     from labelloop.backend.inference.weights import resolve_weights
 
     weights = resolve_weights(settings)
     work = Path(tempfile.mkdtemp(prefix="labelloop-bench-export-"))
-    data = work / "shapes"
-    write_shapes_dataset(data, n_train=images, n_val=images, size=640, seed=11)
-    paths = sorted((data / "images" / "val").iterdir())
-    decoded = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    data, _, decoded = bench_images(work, images)
     rows: list[dict[str, Any]] = []
     for size in sizes:
         base: float | None = None

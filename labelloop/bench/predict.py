@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 import requests
-from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from labelloop.bench.export import bench_images
 from labelloop.bench.lean import _rss_mb
 from labelloop.settings import Settings
 
@@ -116,7 +116,6 @@ def bench_runtimes(
     rounds: int = 5,
     repeats: int = 2,
 ) -> dict[str, Any]:
-    from labelloop.backend.inference.demo_model import write_shapes_dataset
     from labelloop.backend.inference.export import export_model
     from labelloop.backend.inference.predictor import Predictor
     from labelloop.backend.inference.weights import resolve_weights
@@ -128,10 +127,7 @@ def bench_runtimes(
     plan = {n: parse_runtime(n) for n in names}
     weights = resolve_weights(settings)
     work = Path(tempfile.mkdtemp(prefix="labelloop-bench-runtimes-"))
-    data = work / "shapes"
-    write_shapes_dataset(data, n_train=tasks, n_val=tasks, size=640, seed=11)
-    paths = sorted((data / "images" / "val").iterdir())
-    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    data, paths, arrays = bench_images(work, tasks)
     reports = {}
     for fmt in dict.fromkeys(f for f, _ in plan.values()):
         console.print(f"exporting {fmt} at {imgsz} and validating it")
