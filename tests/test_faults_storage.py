@@ -338,8 +338,8 @@ def test_a_corrupted_champion_keeps_the_served_model_and_health_says_why(  # typ
 
     from labelloop.backend.registry import lines
     from labelloop.settings import Settings
-    from tests.helpers import shape_images
-    from tests.test_hot_reload import CONFIG, add_version
+    from tests.helpers import SHAPES_CONFIG, shape_images
+    from tests.test_hot_reload import add_version
 
     line = f"corrupt-{uuid.uuid4().hex[:8]}"
     uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
@@ -370,7 +370,7 @@ def test_a_corrupted_champion_keeps_the_served_model_and_health_says_why(  # typ
     assert told.startswith(f"{line}-v{bad} cannot be served, still serving {line}-v{good}: "), told
     assert "\n" not in told and health()["model_version"] == f"{line}-v{good}"
     image = shape_images(tmp_path / "img", 1, size=64)[0]
-    body = {"tasks": [{"id": 1, "data": {"image": str(image)}}], "label_config": CONFIG}
+    body = {"tasks": [{"id": 1, "data": {"image": str(image)}}], "label_config": SHAPES_CONFIG}
     r = requests.post(f"{b.url}/predict", json=body, timeout=60)
     assert r.status_code == 200 and r.json()["model_version"] == f"{line}-v{good}"  # still served
     fixed = add_version(s, demo_weights)
