@@ -3,10 +3,13 @@ every runtime and precision in one run, on the same images, against ONNX Runtime
 always measured first as the baseline).
 
 For each runtime: images/s through the predictor on decoded images (alternating rounds, so a noisy
-host slows all alike; median and range), then a real gunicorn backend (1 worker, no image cache, no
-result memo) serving it: end-to-end /predict images/s with the images downloaded from a real Label
-Studio (best of ``repeats``), cold start (process start to the first /predict answered), the
-worker's RSS after the calls and whether libtorch is mapped; and the accuracy of its artifact from
+host slows all alike; median and range), then a real gunicorn backend (1 worker, no result memo)
+serving it: cold start (process start to the first /predict answered); end-to-end /predict images/s
+with the images downloaded from a real Label Studio, and the CPU Label Studio spent serving them
+(here it shares the cores with the backend, which a Label Studio on its own host does not); then
+/predict images/s with every image in the backend's image cache (best of ``repeats``: the
+backend's own ceiling, e.g. re-prelabelling after a hot reload); the worker's CPU per image, its
+RSS after the calls and whether libtorch is mapped; and the accuracy of its artifact from
 ``labelloop export`` (share of PyTorch fp32's detections recovered, mAP50-95 on the val split
 against fp32's), calibrated on the train split of the same generated dataset.
 
@@ -70,13 +73,47 @@ def _speeds(models: dict[str, Any], arrays: list[np.ndarray], rounds: int) -> di
     }
 
 
+def cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of process ``root`` and its live descendants, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, cpu s)
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            f = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(d.name)] = (int(f[1]), (int(f[11]) + int(f[12])) / ticks)
+    seen, todo, total = set(), [root], 0.0
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in stats:
+            continue
+        seen.add(pid)
+        total += stats[pid][1]
+        todo.extend(p for p, (parent, _) in stats.items() if parent == pid)
+    return total
+
+
 def _served(
-    artifact: Path, runtime: str, settings: Settings, tasks: list[dict], config: str, work: Path, repeats: int
+    artifact: Path,
+    runtime: str,
+    settings: Settings,
+    tasks: list[dict],
+    config: str,
+    work: Path,
+    repeats: int,
+    label_studio_pid: int,
 ) -> dict[str, Any]:
-    """A real backend serving ``artifact`` with ``runtime``: cold start, /predict images/s, RSS."""
+    """A real backend serving ``artifact`` with ``runtime``: cold start, /predict images/s with the
+    images from Label Studio (and the CPU that Label Studio and the worker spent per image), then
+    with them in the backend's image cache (no Label Studio), and RSS."""
     from labelloop.backend.serving.gunicorn import BackendProcess
 
-    served = settings.with_(image_cache_bytes=0, memo_entries=0, http_workers=1)
+    served = settings.with_(
+        cache_dir=work / "cache", image_cache_bytes=1 << 30, memo_entries=0, http_workers=1
+    )
     b = BackendProcess(
         work, artifact, settings.queue.redis_url, {"LABELLOOP_RUNTIME": runtime}, settings=served
     )
@@ -85,19 +122,28 @@ def _served(
     try:
         pid = int(requests.get(f"{b.url}/health", timeout=5).json()["pid"])  # before /predict (bench.lean)
 
-        def predict(batch: list[dict]) -> float:
-            t = time.perf_counter()
+        def predict(batch: list[dict]) -> tuple[float, float]:
+            """Wall seconds and the worker's CPU seconds of one /predict."""
+            c, t = cpu_seconds(pid), time.perf_counter()
             r = requests.post(f"{b.url}/predict", json={"tasks": batch, "label_config": config}, timeout=600)
             r.raise_for_status()
             if len(r.json()["results"]) != len(batch):
                 raise RuntimeError(f"{runtime}: /predict answered {len(r.json()['results'])} of {len(batch)}")
-            return time.perf_counter() - t
+            return time.perf_counter() - t, cpu_seconds(pid) - c
 
         predict(tasks[:1])
         cold = time.monotonic() - t0
-        best = min(predict(tasks) for _ in range(repeats))
+        ls_cpu = cpu_seconds(label_studio_pid)
+        wall, worker_cpu = predict(tasks[1:])  # every image but the first comes from Label Studio
+        ls_cpu = cpu_seconds(label_studio_pid) - ls_cpu
+        n = len(tasks) - 1
+        cached = min(predict(tasks) for _ in range(repeats))  # every image from the image cache
         return {
-            "e2e_images_per_s": round(len(tasks) / best, 2),
+            "e2e_images_per_s": round(n / wall, 2),
+            "label_studio_cpu_ms_per_image": round(ls_cpu / n * 1000, 1),
+            "worker_cpu_ms_per_image": round(worker_cpu / n * 1000, 1),
+            "e2e_cached_images_per_s": round(len(tasks) / cached[0], 2),
+            "worker_cpu_ms_per_image_cached": round(cached[1] / len(tasks) * 1000, 1),
             "cold_start_s": round(cold, 2),
             **_rss_mb(pid),
             "torch_mapped": "libtorch" in Path(f"/proc/{pid}/maps").read_text(),
@@ -155,7 +201,8 @@ def bench_runtimes(
             a, v = rep.agreement, rep.val or {}
             rows.append({
                 "runtime": n, "format": fmt, "served_by": rt, "streams": streams[n], **speeds[n],
-                **_served(Path(rep.artifact), rt, via_ls, ls_tasks, config, work / f"backend-{n}", repeats),
+                **_served(Path(rep.artifact), rt, via_ls, ls_tasks, config, work / f"backend-{n}", repeats,
+                          ls.child.proc.pid),  # type: ignore[union-attr]
                 "recovered": round(a.recovered, 3), "extra": a.extra, "map50_95": v.get("map50_95"),
                 "fp32_map50_95": v.get("fp32_map50_95"), "map50_95_drop": v.get("map50_95_drop"),
             })  # fmt: skip
@@ -163,6 +210,7 @@ def bench_runtimes(
     for r in rows:
         r["x_fp32_ort"] = round(r["images_per_s"] / base["images_per_s"], 2)
         r["e2e_x_fp32_ort_ceiling"] = round(r["e2e_images_per_s"] / base["images_per_s"], 2)
+        r["e2e_cached_x_fp32_ort_ceiling"] = round(r["e2e_cached_images_per_s"] / base["images_per_s"], 2)
     result = {
         "weights": str(weights),
         "images": len(arrays),
@@ -175,14 +223,16 @@ def bench_runtimes(
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    table = Table("runtime", "img/s", "x fp32", "e2e img/s", "e2e x fp32", "cold s", "RSS MB", "torch",
-                  "recovered", "mAP50-95 (fp32)")  # fmt: skip
+    table = Table("runtime", "img/s", "x fp32", "e2e via LS", "x fp32", "LS cpu ms/img", "e2e cached",
+                  "x fp32", "cold s", "RSS MB", "torch", "recovered", "mAP50-95 (fp32)")  # fmt: skip
     for r in rows:
+        m = f"{r['map50_95']:.3f} ({r['fp32_map50_95']:.3f})" if r["map50_95"] is not None else "-"
         table.add_row(r["runtime"], f"{r['images_per_s']:.1f}", f"{r['x_fp32_ort']:.2f}",
                       f"{r['e2e_images_per_s']:.1f}", f"{r['e2e_x_fp32_ort_ceiling']:.2f}",
-                      f"{r['cold_start_s']:.1f}",
-                      f"{r['rss_mb']:.0f}", "yes" if r["torch_mapped"] else "no", f"{r['recovered']:.3f}",
-                      f"{r['map50_95']} ({r['fp32_map50_95']})")  # fmt: skip
-    console.print(table)
+                      f"{r['label_studio_cpu_ms_per_image']:.1f}", f"{r['e2e_cached_images_per_s']:.1f}",
+                      f"{r['e2e_cached_x_fp32_ort_ceiling']:.2f}", f"{r['cold_start_s']:.1f}",
+                      f"{r['rss_mb']:.0f}", "yes" if r["torch_mapped"] else "no",
+                      f"{r['recovered']:.3f}", m)  # fmt: skip
+    (console if console.is_terminal else Console(width=200)).print(table)  # a log file: not cut at 80
     console.print(f"written to {out}")
     return result
