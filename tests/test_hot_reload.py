@@ -35,7 +35,7 @@ def registry(tmp_path: Path) -> Settings:
     )
 
 
-def add_version(settings: Settings, weights: Path | bytes) -> int:
+def add_version(settings: Settings, weights: Path | bytes, tags: dict[str, str] | None = None) -> int:
     """A registered version whose ``weights/best.pt`` is a copy of ``weights`` (or these bytes)."""
     line = settings.train.model_line
     run_id = tracking.start_run(settings, line, "copy", {}, {})
@@ -47,7 +47,7 @@ def add_version(settings: Settings, weights: Path | bytes) -> int:
         shutil.copyfile(weights, src)
     tracking.log_artifact(settings, run_id, src, lines.WEIGHTS_DIR)
     tracking.end_run(settings, run_id)
-    return lines.register(settings, line, run_id, tracking.run_artifact_uri(settings, run_id), {}).version
+    return lines.register(settings, line, run_id, tracking.run_artifact_uri(settings, run_id), tags or {}).version
 
 
 _STARTED: list[BackendProcess] = []

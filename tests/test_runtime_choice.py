@@ -40,7 +40,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory, demo_weights: Path) -> tu
     root = tmp_path_factory.mktemp("choice")
     settings = training_settings(root, demo_weights).with_(device="cpu")
     version = shapes_version(settings, 24)
-    ref = lines.get_version(settings, None, add_version(settings, demo_weights))
+    trained = {lines.TAG_DATASET: version}  # as a retrain tags it: the int8 gate's leak check reads it
+    ref = lines.get_version(settings, None, add_version(settings, demo_weights, trained))
     weights = lines.fetch_weights(settings, ref)
     out = root / "exports"
     for fmt, size, build in [("onnx", GOOD, None), ("onnx-int8", GOOD, None), ("openvino-bf16", GOOD, None),
@@ -65,7 +66,8 @@ def test_exports_are_stored_with_the_version(registry: tuple[Settings, Path, str
     assert set(found) == {("onnx", GOOD), ("onnx-int8", GOOD), ("openvino-bf16", GOOD), ("onnx", BAD),
                           ("onnx-int8", BAD)}  # fmt: skip
     good, bad = found[("onnx-int8", GOOD)].report, found[("onnx-int8", BAD)].report
-    assert good["calibration"] == {"source": version, "version": version, "images": 8, "split": "train"}
+    assert good["calibration"] == {"source": version, "version": version, "images": 8, "split": "train",
+                                   "model_trained_on": version, "val_seen_in_training": 0}  # fmt: skip
     assert bad["val"]["fp32_map50_95"] > 0.05, bad["val"]  # the fp32 model finds the shapes
     assert bad["val"]["map50_95_drop"] > 0.05, bad["val"]  # the naive INT8 does not
 

@@ -243,3 +243,46 @@ def test_concurrent_identical_snapshot_keeps_one(store: Store) -> None:
     with store.session() as s:
         assert len(s.execute(select(VersionRow)).scalars().all()) == 1
         assert len(s.execute(select(VersionEntryRow)).scalars().all()) == 3
+
+
+def test_val_seen_in_training_counts_val_items_a_model_learnt_from(  # type: ignore[no-untyped-def]
+    store: Store, db_url: str, tmp_path
+) -> None:
+    """The int8 gate's leak check: a later version with the same split seed shares no val item with
+    the train split of the version a model learnt from; a version with another seed does, and
+    ``precision.verdict`` refuses an artifact validated on it."""
+    from labelloop.backend.inference.calibration import val_seen_in_training
+    from labelloop.backend.inference.precision import Candidate, verdict
+    from labelloop.settings import load_settings
+
+    settings = load_settings().with_(store={"url": db_url, "blob_root": str(tmp_path / "blobs")})
+    ingest(store, LS, result(many(60)))
+    learnt = snapshot(store, "trained on", val_fraction=0.3).version
+    ingest(store, LS, result(many(20, start=60)))
+    later = snapshot(store, "later, same seed").version
+    ingest(store, LS, result(many(1, start=80)))
+    reseeded = snapshot(store, "another seed", val_fraction=0.3, seed="other").version
+    with store.session() as s:
+        val_new = {e.item_sha for e in entries(s, reseeded.id) if e.split == "val"}
+        train_old = {e.item_sha for e in entries(s, learnt.id) if e.split == "train"}
+    assert val_seen_in_training(settings, learnt.id, learnt.id) == 0
+    assert val_seen_in_training(settings, later.id, learnt.id) == 0
+    seen = val_seen_in_training(settings, reseeded.id, learnt.id)
+    assert seen == len(val_new & train_old) > 0
+    assert val_seen_in_training(settings, later.id, "0" * 64) is None  # not in this store: unknown
+
+    def cand(seen_items: int | None) -> Candidate:
+        report = {
+            "val": {"map50_95": 0.70, "fp32_map50_95": 0.70, "map50_95_drop": 0.0},
+            "calibration": {
+                "version": reseeded.id,
+                "model_trained_on": learnt.id,
+                "val_seen_in_training": seen_items,
+            },
+        }
+        return Candidate("onnx-int8", 320, report, "x")
+
+    assert verdict(cand(0), 0.01, bf16_ok=True) is None
+    assert verdict(cand(None), 0.01, bf16_ok=True) is None  # cannot be checked: the mAP rule alone
+    why = verdict(cand(seen), 0.01, bf16_ok=True)
+    assert why is not None and f"{seen} val image(s)" in why and learnt.id[:12] in why, why

@@ -53,6 +53,26 @@ def resolve_dataset(ref: str, settings: Settings, workdir: Path) -> tuple[Path, 
     return out / "data.yaml", vid
 
 
+def val_seen_in_training(settings: Settings, val_version: str, trained_on: str) -> int | None:
+    """How many items of ``val_version``'s val split are in the train split of ``trained_on`` (the
+    version a model learnt from): val figures on those flatter the model. 0 for the same version
+    or a later one with the same split seed; more when the seed or fraction changed in between;
+    None when this store does not hold ``trained_on`` (nothing to compare with)."""
+    from labelloop.sync.store import Store
+    from labelloop.sync.versions import entries
+
+    store = Store.open(settings=settings)
+    try:
+        with store.session() as s:
+            val = {e.item_sha for e in entries(s, val_version) if e.split == "val"}
+            learnt = entries(s, trained_on)
+    finally:
+        store.close()
+    if not learnt:
+        return None
+    return len(val & {e.item_sha for e in learnt if e.split == "train"})
+
+
 def split_images(data_yaml: Path, split: str) -> list[Path]:
     """The image files of ``split`` in a YOLO data.yaml (a directory, a list file, or a list)."""
     import yaml

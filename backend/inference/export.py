@@ -27,7 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from labelloop.backend.inference.calibration import CalibrationSet, calibration_set, letterbox
+from labelloop.backend.inference.calibration import (
+    CalibrationSet,
+    calibration_set,
+    letterbox,
+    val_seen_in_training,
+)
 from labelloop.backend.inference.calibration import split_images as _split_images
 from labelloop.backend.inference.runtime import OPENVINO_META
 from labelloop.backend.inference.weights import model_version_of
@@ -166,6 +171,8 @@ def export_model(
                 "images": len(calib.train) if fmt in NEEDS_CALIBRATION else 0,
                 "split": "train",
             }
+            if calib.version:
+                report.calibration.update(_training_overlap(settings, weights, calib.version))
             if calib.val:
                 report.val = val_metrics(weights, target, calib.data_yaml, size, work)
                 report.notes.append(
@@ -177,6 +184,18 @@ def export_model(
 
         report.mlflow_run_id = store_export(settings, weights, target, report.to_dict())
     return report
+
+
+def _training_overlap(settings: Settings, weights: Path, val_version: str) -> dict[str, Any]:
+    """For the int8 gate: the dataset version registry weights were trained on and how many of
+    ``val_version``'s val items they learnt from (``precision.verdict`` refuses when any)."""
+    from labelloop.backend.registry.exports import trained_on  # lazy: the registry sits above
+
+    learnt = trained_on(settings, weights)
+    if not learnt:
+        return {}
+    seen = val_seen_in_training(settings, val_version, learnt)
+    return {"model_trained_on": learnt, "val_seen_in_training": seen}
 
 
 def _holdout_images(calib: CalibrationSet | None, holdout: Path | None) -> list[Path]:

@@ -3,7 +3,8 @@
 Precisions are tried fastest first, int8, then bf16, then fp32, from the one asked for
 (``predict.precision``; ``auto`` starts at int8). A reduced-precision artifact (int8, bf16) passes
 when its export report has mAP50-95 on a dataset version's human-verified val split (exported with
-``--calibration VERSION``) no more than ``gate.max_quant_drop`` below its fp32 model's; bf16 also
+``--calibration VERSION``) no more than ``gate.max_quant_drop`` below its fp32 model's, and none of
+those val images is one the model was trained on (a version with another split seed); bf16 also
 needs a CPU with bf16 instructions (without them OpenVINO runs the IR in fp32 anyway). An fp32
 artifact is the same arithmetic as the weights and always passes. Within one precision the faster
 runtime comes first, in the order measured in issue 14 on a real YOLOv8 (images/s vs ONNX Runtime
@@ -91,6 +92,13 @@ def verdict(c: Candidate, max_quant_drop: float, bf16_ok: bool) -> str | None:
         return (
             f"{c.format}: no mAP on a dataset version's human-verified val split "
             "(export it with --calibration VERSION)"
+        )
+    seen = (c.report.get("calibration") or {}).get("val_seen_in_training")
+    if seen:
+        learnt = c.report["calibration"]["model_trained_on"]
+        return (
+            f"{c.format}: {seen} val image(s) of {version[:12]} are in the train split of {learnt[:12]}, "
+            f"which the model learnt from (export it with --calibration {learnt[:12]} or a later version)"
         )
     drop = float(val["map50_95_drop"])
     if drop > max_quant_drop:

@@ -22,6 +22,7 @@ from typing import Any
 from labelloop.backend.inference.lean import gpu_present
 from labelloop.backend.inference.precision import Candidate, Choice, choose
 from labelloop.backend.registry import tracking
+from labelloop.backend.registry.lines import ModelRef, get_version
 from labelloop.errors import LabelloopError
 from labelloop.fsutil import atomic_write, file_lock
 from labelloop.settings import Settings
@@ -31,9 +32,9 @@ EXPORTS_DIR = "exports"
 REPORT = "report.json"
 
 
-def registry_run_of(settings: Settings, weights: Path) -> str | None:
-    """The MLflow run that produced ``weights`` when they were fetched from the registry (their
-    ``.version`` sidecar names ``<line>-v<N>``), else None."""
+def registry_ref_of(settings: Settings, weights: Path) -> ModelRef | None:
+    """The registry version ``weights`` were fetched as (their ``.version`` sidecar names
+    ``<line>-v<N>``), else None."""
     root = (settings.cache_dir / "models" / "registry").resolve()
     sidecar = Path(f"{weights}.version")
     if not weights.resolve().is_relative_to(root) or not sidecar.is_file():
@@ -41,9 +42,19 @@ def registry_run_of(settings: Settings, weights: Path) -> str | None:
     line, _, number = sidecar.read_text().strip().rpartition("-v")
     if not line or not number.isdigit():
         return None
-    from labelloop.backend.registry.lines import get_version
+    return get_version(settings, line, int(number))
 
-    return get_version(settings, line, int(number)).run_id
+
+def registry_run_of(settings: Settings, weights: Path) -> str | None:
+    """The MLflow run that produced registry weights ``weights``, else None."""
+    ref = registry_ref_of(settings, weights)
+    return ref.run_id if ref else None
+
+
+def trained_on(settings: Settings, weights: Path) -> str | None:
+    """The dataset version registry weights ``weights`` were trained on (a version tag), else None."""
+    ref = registry_ref_of(settings, weights)
+    return ref.dataset_version if ref else None
 
 
 def store_export(settings: Settings, weights: Path, artifact: Path, report: dict[str, Any]) -> str | None:
