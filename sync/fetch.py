@@ -6,7 +6,7 @@ an item keyed by a placeholder (its sha was unknown) is re-keyed to the sha of t
 (:func:`labelloop.sync.store.keys.attach_bytes`); an item whose sha was known is stored only if the
 bytes hash to it (a changed file is reported, never stored under the wrong key). Each item commits
 on its own, so a kill loses at most the one in flight; failures are counted and named, the rest go
-on, and the next pass tries them again.
+on, and a later pass tries them again (the sync: after its backoff, even when nothing changed).
 """
 
 from __future__ import annotations

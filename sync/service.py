@@ -123,6 +123,8 @@ class _Source:
     last_reconcile: float | None = None
     written_agreement: dict[str, float] = field(default_factory=dict)
     reader: Callable[[str, str | None], bytes] | None = None  # image bytes, for this platform
+    fetch_failures: int = 0  # passes in a row whose image fetch left some missing
+    fetch_again_at: float | None = None  # when missing images are tried again on a quiet pass
 
     @property
     def container(self) -> int:
@@ -242,7 +244,8 @@ class SyncService:
             if src.failures:
                 log.info("%s is reachable again after %d failed pass(es)", src.name, src.failures)
             src.failures, src.next_try = 0, 0.0
-            if self.fetch_images and (got.new_revisions or got.new_items or reconcile):
+            due = src.fetch_again_at is not None and time.monotonic() >= src.fetch_again_at
+            if self.fetch_images and (got.new_revisions or got.new_items or reconcile or due):
                 self._fetch_images(src, out)
             if src.spec.platform == "labelstudio" and (got.changed or not src.written_agreement):
                 out.disagreements = self._write_agreement(src)
@@ -270,6 +273,7 @@ class SyncService:
         assert src.platform is not None and src.target is not None
         todo = missing(self.store, src.target)
         if not todo:
+            src.fetch_failures, src.fetch_again_at = 0, None
             return
         if src.reader is None:  # one fetcher per source, not one per pass
             src.reader = reader_for(src.settings, src.platform, src.container)
@@ -283,13 +287,19 @@ class SyncService:
             )
         out.images_fetched, out.images_failed = got.fetched, got.failed
         out.fetch_s = round(time.monotonic() - t0, 3)
-        if got.failed:
-            log.warning(
-                "%s: %d image(s) could not be fetched (tried again next pass): %s",
-                src.name,
-                got.failed,
-                "; ".join(got.reasons[:3]),
-            )
+        if not got.failed:
+            src.fetch_failures, src.fetch_again_at = 0, None
+            return
+        delay = self.backoff.delay(src.fetch_failures)  # a pass with no changes tries them then
+        src.fetch_failures += 1
+        src.fetch_again_at = time.monotonic() + delay
+        log.warning(
+            "%s: %d image(s) could not be fetched (tried again in %.0fs): %s",
+            src.name,
+            got.failed,
+            delay,
+            "; ".join(got.reasons[:3]),
+        )
 
     def _write_agreement(self, src: _Source) -> int:
         """Annotator F1 of every multi-annotator task of this source into a task field (only values

@@ -4,8 +4,9 @@ and a corrupted champion.
 
 - blob root full during a sync: the images that fit are stored whole, the rest fail with one log
   line naming the full disk and stay listed as missing (to be fetched again), no temporary file is
-  left, every annotation is stored; once space is freed the next reconciling pass fetches the rest
-  (a pass with no change fetches nothing until the next reconcile);
+  left, every annotation is stored; once space is freed a pass with no change in Label Studio
+  fetches the rest, after the sync's backoff (they are tried again on their own, not only when
+  something changes or a reconcile is due);
 - MLflow artifact store full during a retrain: the training fails with one line (MLflow, the file,
   "No space left on device"), its run is FAILED and no model version is registered (a version
   is registered only after its weights are uploaded); once space is freed the next retrain
@@ -30,6 +31,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +41,7 @@ import pytest
 
 from labelloop.errors import RegistryError
 from labelloop.procs import free_port
+from labelloop.retry import Backoff
 from labelloop.sync.service import SyncService
 from labelloop.sync.store import Store
 from tests.helpers import wait_for
@@ -90,7 +93,8 @@ def test_blob_root_full_mid_sync_stores_what_fits_and_the_rest_after_space_is_fr
         tmpfs(blob_root, size) as resize,
         Store.open(f"sqlite:///{tmp_path / 'store.db'}", blob_root=str(blob_root)) as store,
     ):
-        svc = SyncService(settings, store, [source(label_studio, project)], enqueue=False)
+        quick = Backoff(base_s=0.2, cap_s=1.0)  # missing images are tried again on a quiet pass after it
+        svc = SyncService(settings, store, [source(label_studio, project)], enqueue=False, backoff=quick)
         with caplog.at_level(logging.WARNING):
             full = svc.run_once().sources[0]
         assert 0 < full.images_fetched < 6 and full.images_fetched + full.images_failed == 6, full
@@ -118,7 +122,9 @@ def test_blob_root_full_mid_sync_stores_what_fits_and_the_rest_after_space_is_fr
 
         assert whole_blobs() == full.images_fetched  # the rest are listed to be fetched again
         resize(16 * 2**20)
-        again = svc.run_once(force_reconcile=True).sources[0]
+        time.sleep(1.2)  # past the backoff; nothing changed in Label Studio, no reconcile is due
+        again = svc.run_once().sources[0]
+        assert not again.reconciled and again.new_revisions == 0, again
         assert again.ok and again.images_fetched == full.images_failed and again.images_failed == 0, again
         assert not missing(store, target) and whole_blobs() == 6
         assert store_state(store, again.source) == ls_state(conn, project)
