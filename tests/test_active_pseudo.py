@@ -109,7 +109,9 @@ def test_a_promotion_pseudo_labels_the_store_s_unlabeled_items_when_enabled(
     assert not training_settings(tmp_path, demo_weights).pseudo.after_promotion  # off by default
     settings = training_settings(tmp_path, demo_weights).with_(
         queue={"prefix": f"pa{uuid.uuid4().hex[:8]}"},
-        pseudo={"after_promotion": True, "t_cls": 0.1, "t_loc": 0.1},
+        # thresholds at 0: what is tested is the promotion hook and where pseudo-labels go, not how
+        # sure a freshly retrained demo model is (that varies with each machine's demo model build)
+        pseudo={"after_promotion": True, "t_cls": 0.0, "t_loc": 0.0},
     )
     version = shapes_version(settings, 20)
     rng = np.random.default_rng(9)
@@ -122,7 +124,7 @@ def test_a_promotion_pseudo_labels_the_store_s_unlabeled_items_when_enabled(
             sha = store.blobs.put(buf.getvalue())
             pre = [box("square", 1, 1, 9, 9, source=Source.PRELABEL)]
             anns.append(
-                ann(i, f"p{i}", item=item(pre, sha=sha, w=96, h=96), extra={"label_source": "prelabel"})
+                ann(i, f"p{i}", item=item(pre, sha=sha, w=320, h=320), extra={"label_source": "prelabel"})
             )
         ingest(store, LS, result(anns, present={}))
         pool = set(unlabeled_items(store))
@@ -146,4 +148,5 @@ def test_a_promotion_pseudo_labels_the_store_s_unlabeled_items_when_enabled(
         vid = snapshot(store, "with pseudo", val_fraction=0.5).version.id
         with store.session() as s:
             splits = {e.item_sha: e.split for e in entries(s, vid) if e.label_source == str(Source.PSEUDO)}
-    assert set(splits) == pseudo and set(splits.values()) == {"train"}
+    # never in val: a pseudo item whose group hashes to val is excluded (val holds verified labels only)
+    assert set(splits) == pseudo and set(splits.values()) <= {"train", "excluded"}, splits
