@@ -6,8 +6,8 @@ For each runtime: images/s through the predictor on decoded images (alternating 
 host slows all alike; median and range), then a real gunicorn backend (1 worker, no result memo)
 serving it: cold start (process start to the first /predict answered); end-to-end /predict images/s
 with the images downloaded from a real Label Studio (the second half of the tasks, after a warm-up
-on the first), and the CPU Label Studio spent serving them
-(here it shares the cores with the backend, which a Label Studio on its own host does not); then
+on the first), and the CPU Label Studio spent serving them (here it shares the cores with the
+backend, which a Label Studio on its own host does not); then
 /predict images/s with every image in the backend's image cache (best of ``repeats``: the
 backend's own ceiling, e.g. re-prelabelling after a hot reload); the worker's CPU per image, its
 RSS after the calls and whether libtorch is mapped; and the accuracy of its artifact from
@@ -77,7 +77,8 @@ def _speeds(models: dict[str, Any], arrays: list[np.ndarray], rounds: int) -> di
 def cpu_seconds(root: int) -> float:
     """User + system CPU seconds of process ``root`` and its live descendants, from /proc."""
     ticks = os.sysconf("SC_CLK_TCK")
-    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, cpu s)
+    cpu: dict[int, float] = {}
+    children: dict[int, list[int]] = {}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
@@ -85,15 +86,13 @@ def cpu_seconds(root: int) -> float:
             f = (d / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        stats[int(d.name)] = (int(f[1]), (int(f[11]) + int(f[12])) / ticks)
-    seen, todo, total = set(), [root], 0.0
-    while todo:
+        cpu[int(d.name)] = (int(f[11]) + int(f[12])) / ticks
+        children.setdefault(int(f[1]), []).append(int(d.name))
+    total, todo = 0.0, [root]
+    while todo:  # a process tree: each pid is reached once, from its parent
         pid = todo.pop()
-        if pid in seen or pid not in stats:
-            continue
-        seen.add(pid)
-        total += stats[pid][1]
-        todo.extend(p for p, (parent, _) in stats.items() if parent == pid)
+        total += cpu.get(pid, 0.0)
+        todo.extend(children.get(pid, ()))
     return total
 
 
